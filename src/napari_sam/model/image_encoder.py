@@ -1,0 +1,228 @@
+"""SAM's ViT image encoder: windowed and global attention with decomposed
+relative positions, then a convolutional neck to a 256-channel embedding.
+
+Parameter names follow the official checkpoints (``patch_embed.proj``,
+``pos_embed``, ``blocks.N.attn.rel_pos_h`` ...), so they load with ``strict=True``.
+
+Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`.
+The relative-position bias ``B[i, j] = Rh[i, h(j)] + Rw[i, w(j)]`` is built for a
+block of query rows at a time and passed as the attention mask, so the full
+``N x N`` score matrix of the global-attention blocks is never materialized.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_sam.model.common import LayerNorm2d, MLPBlock
+
+#: Upper bound on the number of bias elements built at once per attention call.
+_BIAS_CHUNK_ELEMENTS = 1 << 25
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches to tokens: ``(B, 3, H, W)`` -> ``(B, H/p, W/p, C)``."""
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Table ``T[i, j] = rel_pos[offset(i, j)]`` of shape ``(q_size, k_size, C)``.
+
+    ``rel_pos`` holds one learned vector per relative offset, ``(2 * size - 1, C)``;
+    it is linearly resampled when the attention size differs from the trained one.
+    """
+    n_offsets = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != n_offsets:
+        rel_pos = (
+            F.interpolate(rel_pos.T[None], size=n_offsets, mode="linear")[0].T.contiguous()
+        )
+    q_ratio = max(k_size / q_size, 1.0)
+    k_ratio = max(q_size / k_size, 1.0)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * q_ratio
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * k_ratio
+    offsets = (q_coords - k_coords) + (k_size - 1) * k_ratio
+    return rel_pos[offsets.long()]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over a ``(B, H, W, C)`` token grid."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = False,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            if input_size is None:
+                raise ValueError("input_size is required when use_rel_pos=True")
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        n = h * w
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
+        if not self.use_rel_pos:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            out = self._attend_with_rel_pos(q, k, v, h, w)
+        out = out.transpose(1, 2).reshape(b, h, w, -1)
+        return self.proj(out)
+
+    def _attend_with_rel_pos(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: int, w: int
+    ) -> torch.Tensor:
+        b, heads, n, c = q.shape
+        table_h = relative_position_table(h, h, self.rel_pos_h).to(q.dtype)  # (h, h, c)
+        table_w = relative_position_table(w, w, self.rel_pos_w).to(q.dtype)  # (w, w, c)
+        q_grid = q.reshape(b, heads, h, w, c)
+        # bias_h[.., i_h, i_w, j_h] = q[i] . Rh[i_h - j_h]; likewise bias_w over j_w.
+        bias_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, table_h)
+        bias_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, table_w)
+        rows_per_chunk = max(1, _BIAS_CHUNK_ELEMENTS // max(1, b * heads * w * n))
+        outputs = []
+        for r0 in range(0, h, rows_per_chunk):
+            r1 = min(h, r0 + rows_per_chunk)
+            bias = bias_h[:, :, r0:r1, :, :, None] + bias_w[:, :, r0:r1, :, None, :]
+            bias = bias.reshape(b, heads, (r1 - r0) * w, n)
+            q_chunk = q[:, :, r0 * w : r1 * w]
+            outputs.append(
+                F.scaled_dot_product_attention(q_chunk, k, v, attn_mask=bias, scale=self.scale)
+            )
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Split ``(B, H, W, C)`` into zero-padded windows ``(B * nW, ws, ws, C)``."""
+    b, h, w, c = x.shape
+    pad_h = (window_size - h % window_size) % window_size
+    pad_w = (window_size - w % window_size) % window_size
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // window_size, window_size, wp // window_size, window_size, c)
+    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c)
+    return windows, (hp, wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window_size: int, padded_hw: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of :func:`window_partition`, cropping the padding away."""
+    hp, wp = padded_hw
+    h, w = hw
+    b = windows.shape[0] // ((hp // window_size) * (wp // window_size))
+    x = windows.view(b, hp // window_size, wp // window_size, window_size, window_size, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    return x[:, :h, :w, :].contiguous() if (hp > h or wp > w) else x
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; windowed attention when ``window_size > 0``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        use_rel_pos: bool = False,
+        window_size: int = 0,
+        input_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        attn_size = (window_size, window_size) if window_size > 0 else input_size
+        self.attn = Attention(
+            dim, num_heads=num_heads, qkv_bias=qkv_bias, use_rel_pos=use_rel_pos,
+            input_size=attn_size,
+        )
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+        self.window_size = window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            h, w = x.shape[1], x.shape[2]
+            x, padded = window_partition(x, self.window_size)
+            x = self.attn(x)
+            x = window_unpartition(x, self.window_size, padded, (h, w))
+        else:
+            x = self.attn(x)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class ImageEncoderViT(nn.Module):
+    """ViT backbone: ``(B, 3, S, S)`` normalized image -> ``(B, out_chans, S/16, S/16)``."""
+
+    def __init__(
+        self,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        qkv_bias: bool = True,
+        use_abs_pos: bool = True,
+        use_rel_pos: bool = True,
+        window_size: int = 14,
+        global_attn_indexes: tuple[int, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.img_size = img_size
+        grid = img_size // patch_size
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.pos_embed: nn.Parameter | None = None
+        if use_abs_pos:
+            self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                use_rel_pos=use_rel_pos,
+                window_size=0 if i in global_attn_indexes else window_size,
+                input_size=(grid, grid),
+            )
+            for i in range(depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.neck(x.permute(0, 3, 1, 2))

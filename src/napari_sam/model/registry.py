@@ -1,0 +1,89 @@
+"""Known model checkpoints: where to get them, how to verify them, what they are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One known checkpoint.
+
+    Attributes
+    ----------
+    name : registry name (what users type, e.g. ``"vit_b"``)
+    architecture : name of the architecture in :data:`napari_sam.model.sam.CONFIGS`
+        or ``"infer"`` to take it from the state dict
+    url : download address, or None for weights shipped inside the package
+    known_hash : ``"sha256:<hex>"`` (or another algorithm pooch understands)
+    size_bytes : expected download size (for messages), or None
+    filename : file name in the cache directory
+    description : one line for menus and ``napari-sam models``
+    """
+
+    name: str
+    architecture: str
+    url: str | None
+    known_hash: str | None
+    size_bytes: int | None
+    filename: str
+    description: str
+
+
+_SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+_BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io/"
+
+REGISTRY: dict[str, ModelInfo] = {
+    m.name: m
+    for m in [
+        ModelInfo(
+            "vit_b", "vit_b", _SAM_URL + "sam_vit_b_01ec64.pth",
+            "sha256:ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            375_042_383, "sam_vit_b_01ec64.pth", "SAM ViT-B (Meta, natural images), 375 MB",
+        ),
+        ModelInfo(
+            "vit_l", "vit_l", _SAM_URL + "sam_vit_l_0b3195.pth",
+            "sha256:3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+            1_249_524_607, "sam_vit_l_0b3195.pth", "SAM ViT-L (Meta, natural images), 1.2 GB",
+        ),
+        ModelInfo(
+            "vit_h", "vit_h", _SAM_URL + "sam_vit_h_4b8939.pth",
+            "sha256:a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+            2_564_550_879, "sam_vit_h_4b8939.pth", "SAM ViT-H (Meta, natural images), 2.6 GB",
+        ),
+        ModelInfo(
+            "vit_b_lm", "vit_b", _BIOIMAGEIO + "diplomatic-bug/1.2/files/vit_b.pt",
+            "xxh128:fe9252a29f3f4ea53c15a06de471e186",
+            None, "micro_sam_vit_b_lm.pt",
+            "micro-sam ViT-B finetuned for light microscopy (cells, nuclei)",
+        ),
+        ModelInfo(
+            "vit_l_lm", "vit_l", _BIOIMAGEIO + "idealistic-rat/1.2/files/vit_l.pt",
+            "xxh128:017f20677997d628426dec80a8018f9d",
+            None, "micro_sam_vit_l_lm.pt",
+            "micro-sam ViT-L finetuned for light microscopy (cells, nuclei)",
+        ),
+        ModelInfo(
+            "vit_b_em_organelles", "vit_b", _BIOIMAGEIO + "noisy-ox/1.2/files/vit_b.pt",
+            "xxh128:f3bf2ed83d691456bae2c3f9a05fb438",
+            None, "micro_sam_vit_b_em_organelles.pt",
+            "micro-sam ViT-B finetuned for electron microscopy organelles",
+        ),
+    ]
+}
+
+
+def available_models() -> list[str]:
+    """Names of all known models, for ``load_model`` and the widget's menu."""
+    return list(REGISTRY)
+
+
+def get_model_info(name: str) -> ModelInfo:
+    """The :class:`ModelInfo` of ``name``; a clear ``KeyError`` listing known names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown model {name!r}. Known models: {', '.join(REGISTRY)}; "
+            "or pass the path of a checkpoint file."
+        ) from None

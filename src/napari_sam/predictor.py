@@ -1,0 +1,425 @@
+"""Embed a 2D microscopy slice once, then decode prompts against it cheaply.
+
+Coordinate convention
+---------------------
+Everything public uses napari's ``(row, col)`` pixel coordinates of the slice:
+points ``(N, 2)`` as ``(row, col)``, boxes as ``(row_min, col_min, row_max,
+col_max)``. SAM wants ``(x, y)`` in its resized input frame; the conversion
+happens in exactly one place, :meth:`Embedding.to_model_frame`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from napari_sam.model.sam import Sam
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Masks for one object (one prompt set).
+
+    Attributes
+    ----------
+    masks : ``(K, H, W)`` bool at the slice's own resolution (K = 3 with
+        ``multimask=True``, else 1), ordered as the model returns them
+    scores : ``(K,)`` predicted IoU of each mask
+    logits : ``(K, h, w)`` float32 low-res logits (256 x 256 for SAM), usable
+        as the ``mask`` prompt of a later call
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+
+    @property
+    def best_index(self) -> int:
+        """Index of the mask with the highest predicted IoU."""
+        return int(np.argmax(self.scores))
+
+    @property
+    def best_mask(self) -> np.ndarray:
+        """``(H, W)`` bool mask with the highest predicted IoU."""
+        return self.masks[self.best_index]
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """The image embedding of one slice and the geometry needed to decode against it.
+
+    Attributes
+    ----------
+    features : ``(1, C, e, e)`` torch tensor (float32) on the model's device
+    original_size : ``(H, W)`` of the slice
+    input_size : ``(h, w)`` of the slice resized so its longest side is the model input size
+    contrast_limits : the ``(low, high)`` used to normalize the slice (None: per-channel default)
+    """
+
+    features: Any
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    contrast_limits: tuple[float, float] | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def to_model_frame(self, rows_cols: np.ndarray) -> np.ndarray:
+        """``(..., 2)`` ``(row, col)`` slice pixels -> ``(..., 2)`` SAM ``(x, y)`` input pixels.
+
+        This is the only place where napari's ``(row, col)`` becomes SAM's ``(x, y)``.
+        """
+        rc = np.asarray(rows_cols, dtype=np.float64)
+        sy = self.input_size[0] / self.original_size[0]
+        sx = self.input_size[1] / self.original_size[1]
+        return np.stack([rc[..., 1] * sx, rc[..., 0] * sy], axis=-1)
+
+
+@runtime_checkable
+class PredictorProtocol(Protocol):
+    """What the annotator, propagation and everything mode need from a predictor."""
+
+    def embed(self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None):
+        """Embed one 2D slice ``(H, W)`` or ``(H, W, C)``; returns an opaque embedding."""
+
+    def predict(
+        self,
+        embedding,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        multimask: bool = True,
+    ) -> Prediction:
+        """Masks for one object from ``(row, col)`` points, a box and/or a mask prompt."""
+
+
+def resized_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """Shape of an ``(h, w)`` image scaled so that its longest side is ``long_side``."""
+    scale = long_side / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def cpu_supports_bfloat16() -> bool:
+    """True when this CPU has native bfloat16 matrix units (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _resolve_precision(precision: str, device) -> Any:
+    import torch
+
+    if precision == "float32":
+        return None
+    if precision in ("bfloat16", "float16"):
+        return getattr(torch, precision)
+    if precision != "auto":
+        raise ValueError(
+            f"precision must be 'auto', 'float32', 'bfloat16' or 'float16', got {precision!r}"
+        )
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_supports_bfloat16():
+        return torch.bfloat16
+    return None
+
+
+class Predictor:
+    """SAM on 2D microscopy slices: ``embed`` once per slice, ``predict`` per prompt.
+
+    Parameters
+    ----------
+    model : a registry name, a checkpoint path, or a loaded :class:`~napari_sam.model.sam.Sam`
+    device : ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"`` (ignored for a loaded model)
+    precision : image-encoder precision: ``"auto"`` (bfloat16 on CPUs with
+        AVX512-BF16/AMX and on CUDA, else float32), ``"float32"`` (exact),
+        ``"bfloat16"`` or ``"float16"``. The decoder always runs in float32.
+
+    Examples
+    --------
+    >>> predictor = Predictor("vit_b")                              # doctest: +SKIP
+    >>> emb = predictor.embed(stack[7], contrast_limits=(100, 4000))  # doctest: +SKIP
+    >>> pred = predictor.predict(emb, points=[[120, 64]], labels=[1])  # doctest: +SKIP
+    >>> pred.best_mask.shape == stack.shape[1:]                     # doctest: +SKIP
+    True
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | Sam = "vit_b",
+        device: str = "auto",
+        precision: str = "auto",
+    ) -> None:
+        import torch
+
+        from napari_sam.model.checkpoint import load_model
+
+        if isinstance(model, torch.nn.Module):
+            self.model = model.eval()
+            self.model_name = type(model).__name__
+        else:
+            self.model = load_model(model, device)
+            self.model_name = os.fspath(model)
+        self.device = self.model.device
+        self.autocast_dtype = _resolve_precision(precision, self.device)
+        self.precision = "float32" if self.autocast_dtype is None else str(
+            self.autocast_dtype
+        ).removeprefix("torch.")
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square model input."""
+        return self.model.img_size
+
+    # ------------------------------------------------------------------ embed
+    def preprocess(
+        self, image: np.ndarray, contrast_limits: tuple[float, float] | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """Slice -> padded, normalized ``(1, 3, S, S)`` model input, and its geometry."""
+        import torch
+        import torch.nn.functional as F
+
+        from napari_sam.normalize import to_rgb_float
+
+        rgb = to_rgb_float(image, contrast_limits)
+        h, w = rgb.shape[:2]
+        th, tw = resized_shape(h, w, self.image_size)
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+        if (th, tw) != (h, w):
+            x = F.interpolate(x, (th, tw), mode="bilinear", align_corners=False, antialias=True)
+            # 8-bit input: round like an 8-bit image resize would
+            x = x.round().clamp(0, 255) if np.asarray(image).dtype == np.uint8 else x
+        x = self.model.preprocess(x.to(self.device))
+        return x, (h, w), (th, tw)
+
+    def embed(
+        self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None
+    ) -> Embedding:
+        """Compute the image embedding of one 2D slice.
+
+        Parameters
+        ----------
+        image : ``(H, W)`` or ``(H, W, C)`` with C <= 3, any numeric dtype
+        contrast_limits : ``(low, high)`` mapped to 0 and 255. Default: ``(0, 255)``
+            for uint8, robust percentiles of the slice otherwise. Pass the same
+            limits for every slice of a stack (see
+            :func:`napari_sam.normalize.stack_intensity_range`).
+        """
+        import torch
+
+        x, original, resized = self.preprocess(image, contrast_limits)
+        with torch.inference_mode():
+            if self.autocast_dtype is not None:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                    features = self.model.image_encoder(x)
+            else:
+                features = self.model.image_encoder(x)
+        return Embedding(
+            features=features.float(),
+            original_size=original,
+            input_size=resized,
+            contrast_limits=None if contrast_limits is None else tuple(contrast_limits),
+            metadata={"model": self.model_name, "precision": self.precision},
+        )
+
+    # ---------------------------------------------------------------- predict
+    def _check_points(self, emb: Embedding, points, labels) -> tuple[np.ndarray, np.ndarray]:
+        pts = np.asarray(points, dtype=np.float64)
+        if pts.ndim == 1 and pts.size == 2:
+            pts = pts[None]
+        if pts.ndim != 2 or pts.shape[1] != 2:
+            raise ValueError(f"points must have shape (N, 2) as (row, col), got {pts.shape}")
+        if labels is None:
+            lab = np.ones(len(pts), dtype=np.int64)
+        else:
+            lab = np.asarray(labels).astype(np.int64).ravel()
+            if lab.shape[0] != pts.shape[0]:
+                raise ValueError(
+                    f"got {pts.shape[0]} points but {lab.shape[0]} labels; give one label "
+                    "(1 positive, 0 negative) per point"
+                )
+            if not np.isin(lab, (0, 1)).all():
+                raise ValueError(f"labels must be 1 (positive) or 0 (negative), got {lab}")
+        h, w = emb.original_size
+        outside = (pts[:, 0] < 0) | (pts[:, 0] > h - 1) | (pts[:, 1] < 0) | (pts[:, 1] > w - 1)
+        if outside.any():
+            raise ValueError(
+                f"points {pts[outside].tolist()} (row, col) are outside the {h}x{w} slice"
+            )
+        return pts, lab
+
+    def _check_box(self, emb: Embedding, box) -> np.ndarray:
+        b = np.asarray(box, dtype=np.float64).ravel()
+        if b.shape != (4,):
+            raise ValueError(
+                f"box must be (row_min, col_min, row_max, col_max), got shape {np.shape(box)}"
+            )
+        if b[2] <= b[0] or b[3] <= b[1]:
+            raise ValueError(
+                f"box {b.tolist()} is empty or inverted: need row_min < row_max and "
+                "col_min < col_max (order: row_min, col_min, row_max, col_max)"
+            )
+        h, w = emb.original_size
+        if b[2] < 0 or b[3] < 0 or b[0] > h - 1 or b[1] > w - 1:
+            raise ValueError(f"box {b.tolist()} lies outside the {h}x{w} slice")
+        return np.clip(b, 0, [h - 1, w - 1, h - 1, w - 1])
+
+    def mask_prompt(self, emb: Embedding, mask: np.ndarray) -> np.ndarray:
+        """A mask prompt as low-res logits ``(h, w)``.
+
+        ``mask`` is either low-res logits of the model's mask size (e.g. a
+        previous :attr:`Prediction.logits` entry) or a bool/0-1 mask of the
+        slice's shape, which is resized into the model frame (+/- 8 logits).
+        """
+        import torch
+        import torch.nn.functional as F
+
+        m = np.asarray(mask)
+        low_res = self.model.prompt_encoder.mask_input_size
+        if m.shape == tuple(low_res) and m.dtype.kind == "f":
+            return m.astype(np.float32)
+        if m.shape != tuple(emb.original_size):
+            raise ValueError(
+                f"mask prompt has shape {m.shape}; expected low-res logits {tuple(low_res)} "
+                f"or a mask of the slice's shape {emb.original_size}"
+            )
+        t = torch.from_numpy(m.astype(np.float32))[None, None]
+        t = F.interpolate(t, emb.input_size, mode="bilinear", align_corners=False)
+        s = self.image_size
+        t = F.pad(t, (0, s - emb.input_size[1], 0, s - emb.input_size[0]))
+        t = F.interpolate(t, tuple(low_res), mode="area")
+        return ((t[0, 0] > 0.5).float() * 16.0 - 8.0).numpy()
+
+    def predict(
+        self,
+        embedding: Embedding,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        multimask: bool = True,
+    ) -> Prediction:
+        """Masks for one object.
+
+        Parameters
+        ----------
+        embedding : from :meth:`embed`
+        points : ``(N, 2)`` ``(row, col)`` pixels of the slice
+        labels : ``(N,)`` 1 = positive, 0 = negative (default: all positive)
+        box : ``(row_min, col_min, row_max, col_max)``
+        mask : low-res logits ``(256, 256)`` or a slice-shaped mask (see :meth:`mask_prompt`)
+        multimask : 3 candidate masks (True) or the single-mask output (False)
+        """
+        batch = self.predict_batch(
+            embedding,
+            points=None if points is None else [points],
+            labels=None if labels is None else [labels],
+            boxes=None if box is None else [box],
+            masks=None if mask is None else [mask],
+            multimask=multimask,
+        )
+        return batch[0]
+
+    def predict_batch(
+        self,
+        embedding: Embedding,
+        points: list | np.ndarray | None = None,
+        labels: list | np.ndarray | None = None,
+        boxes: list | np.ndarray | None = None,
+        masks: list | np.ndarray | None = None,
+        multimask: bool = True,
+        upscale: bool = True,
+    ) -> list[Prediction]:
+        """Masks for B objects in one decoder call (all prompts of one kind per call).
+
+        ``points`` is ``(B, N, 2)`` (same N for every object), ``labels`` ``(B, N)``,
+        ``boxes`` ``(B, 4)``, ``masks`` B mask prompts. Returns B predictions. With
+        ``upscale=False`` the predictions' ``masks`` are the low-res masks (logits > 0)
+        and can be upscaled later with :meth:`upscale`.
+        """
+        import torch
+
+        if points is None and boxes is None and masks is None:
+            raise ValueError("no prompt: give points, a box or a mask")
+        sizes = {len(x) for x in (points, boxes, masks) if x is not None}
+        if len(sizes) != 1:
+            raise ValueError(f"points, boxes and masks must have the same batch size: {sizes}")
+        (bsz,) = sizes
+        if labels is not None and points is None:
+            raise ValueError("labels were given without points")
+        dev = self.device
+        pt = None
+        if points is not None:
+            label_list = labels if labels is not None else [None] * bsz
+            checked = [self._check_points(embedding, p, l) for p, l in zip(points, label_list)]
+            if len({c[0].shape[0] for c in checked}) != 1:
+                raise ValueError("every object in a batch needs the same number of points")
+            coords = np.stack([embedding.to_model_frame(c[0]) for c in checked])
+            lab = np.stack([c[1] for c in checked])
+            pt = (
+                torch.as_tensor(coords, dtype=torch.float32, device=dev),
+                torch.as_tensor(lab, dtype=torch.int64, device=dev),
+            )
+        bx = None
+        if boxes is not None:
+            checked_boxes = np.stack([self._check_box(embedding, b) for b in boxes])
+            corners = embedding.to_model_frame(checked_boxes.reshape(-1, 2, 2)).reshape(-1, 4)
+            bx = torch.as_tensor(corners, dtype=torch.float32, device=dev)
+        mk = None
+        if masks is not None:
+            mk = torch.as_tensor(
+                np.stack([self.mask_prompt(embedding, m) for m in masks])[:, None], device=dev
+            )
+        with torch.inference_mode():
+            sparse, dense = self.model.prompt_encoder(pt, bx, mk)
+            logits, iou = self.model.mask_decoder(
+                embedding.features,
+                self.model.prompt_encoder.get_dense_pe(),
+                sparse,
+                dense,
+                multimask,
+            )
+            full = self.upscale(embedding, logits) if upscale else logits
+        full_np = (full > self.model.mask_threshold).cpu().numpy()
+        logits_np = logits.float().cpu().numpy()
+        iou_np = iou.float().cpu().numpy()
+        return [Prediction(full_np[i], iou_np[i], logits_np[i]) for i in range(bsz)]
+
+    def upscale(self, embedding: Embedding, logits: torch.Tensor) -> torch.Tensor:
+        """Low-res logits ``(..., h, w)`` -> logits at the slice size ``(..., H, W)``."""
+        import torch
+
+        t = torch.as_tensor(logits, device=self.device, dtype=torch.float32)
+        lead = t.shape[:-2]
+        t = t.reshape(-1, 1, *t.shape[-2:])
+        out = self.model.postprocess_masks(t, embedding.input_size, embedding.original_size)
+        return out.reshape(*lead, *out.shape[-2:])
+
+
+def segment_slice(
+    image: np.ndarray,
+    points: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+    *,
+    model: str | os.PathLike | Predictor = "vit_b",
+    contrast_limits: tuple[float, float] | None = None,
+    multimask: bool = True,
+) -> np.ndarray:
+    """Segment one object in one 2D slice in one call; returns the best ``(H, W)`` bool mask.
+
+    ``points`` are ``(N, 2)`` ``(row, col)``, ``box`` is ``(row_min, col_min,
+    row_max, col_max)``; ``model`` is a registry name, a checkpoint path or a
+    :class:`Predictor` (reuse one to avoid reloading the model).
+    """
+    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    emb = predictor.embed(image, contrast_limits=contrast_limits)
+    return predictor.predict(emb, points, labels, box, multimask=multimask).best_mask
