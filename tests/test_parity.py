@@ -98,6 +98,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     ("h", "w"), [(300, 300), (240, 410), (620, 380)], ids=["square", "wide", "tall"]
 )
 def test_end_to_end_masks_match(pair, h, w):
+    if pair[0].config.encoder_options["depth"] > 2 and (h, w) != (240, 410):
+        pytest.skip("vit_b end to end runs on the non-square case only, to keep the suite short")
     """Points and boxes through both predictors give the same masks (row/col vs x/y)."""
     ours, theirs = pair
     sa = official()

@@ -347,14 +347,14 @@ class Predictor:
         """
         import torch
 
+        if labels is not None and points is None:
+            raise ValueError("labels were given without points")
         if points is None and boxes is None and masks is None:
             raise ValueError("no prompt: give points, a box or a mask")
         sizes = {len(x) for x in (points, boxes, masks) if x is not None}
         if len(sizes) != 1:
             raise ValueError(f"points, boxes and masks must have the same batch size: {sizes}")
         (bsz,) = sizes
-        if labels is not None and points is None:
-            raise ValueError("labels were given without points")
         dev = self.device
         pt = None
         if points is not None:

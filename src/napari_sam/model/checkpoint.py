@@ -155,60 +155,50 @@ def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torc
 
 
 def infer_config(state: Mapping[str, torch.Tensor]) -> SamConfig:
-    """The :class:`SamConfig` whose model has exactly these weights."""
-    if "image_encoder.patch_embed.proj.weight" in state:
-        return _infer_vit_config(state)
-    from napari_sam.model.tiny_vit import infer_tiny_vit_config
+    """The :class:`SamConfig` whose model has exactly these weights.
 
-    return infer_tiny_vit_config(state)
+    Each encoder module in :data:`napari_sam.model.sam.ENCODERS` is asked in turn.
+    """
+    import importlib
+
+    from napari_sam.model.sam import ENCODERS
+
+    for target in ENCODERS.values():
+        name = target.split(":")[0]
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:  # an encoder not installed in this build
+            if err.name != name:
+                raise
+            continue
+        config = module.infer_config(state)
+        if config is not None:
+            return config
+    raise CheckpointError(
+        "the checkpoint's image encoder is not one this package knows "
+        f"({', '.join(ENCODERS)}); first keys: {list(state)[:3]}"
+    )
 
 
-def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:
+def count_indices(state: Mapping[str, torch.Tensor], pattern: str) -> int:
     rx = re.compile(pattern)
     return len({m.group(1) for k in state if (m := rx.match(k))})
 
 
-def _decoder_fields(state: Mapping[str, torch.Tensor]) -> dict:
+def decoder_fields(state: Mapping[str, torch.Tensor]) -> dict:
     dim = state["mask_decoder.iou_token.weight"].shape[1]
     return {
         "prompt_embed_dim": dim,
         "mask_in_chans": state["prompt_encoder.mask_downscaling.3.weight"].shape[0],
-        "decoder_depth": _count(state, r"mask_decoder\.transformer\.layers\.(\d+)\."),
+        "decoder_depth": count_indices(state, r"mask_decoder\.transformer\.layers\.(\d+)\."),
         "decoder_mlp_dim": state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
         "decoder_heads": 8 if dim >= 256 else max(1, dim // 16),
-        "iou_head_depth": _count(state, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\."),
+        "iou_head_depth": count_indices(
+            state, r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\."
+        ),
         "iou_head_hidden_dim": state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
         "num_multimask_outputs": state["mask_decoder.mask_tokens.weight"].shape[0] - 1,
     }
-
-
-def _infer_vit_config(state: Mapping[str, torch.Tensor]) -> SamConfig:
-    patch = state["image_encoder.patch_embed.proj.weight"]
-    embed_dim, patch_size = patch.shape[0], patch.shape[-1]
-    grid = state["image_encoder.pos_embed"].shape[1]
-    depth = _count(state, r"image_encoder\.blocks\.(\d+)\.")
-    head_dim = state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
-    global_idx, window = [], 14
-    for i in range(depth):
-        n = state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0]
-        if n == 2 * grid - 1:
-            global_idx.append(i)
-        else:
-            window = (n + 1) // 2
-    options = {
-        "embed_dim": embed_dim,
-        "depth": depth,
-        "num_heads": embed_dim // head_dim,
-        "global_attn_indexes": tuple(global_idx),
-        "window_size": window,
-    }
-    return SamConfig(
-        encoder="vit",
-        encoder_options=options,
-        img_size=grid * patch_size,
-        patch_size=patch_size,
-        **_decoder_fields(state),
-    )
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

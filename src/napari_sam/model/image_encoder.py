@@ -12,11 +12,16 @@ block of query rows at a time and passed as the attention mask, so the full
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from napari_sam.model.common import LayerNorm2d, MLPBlock
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_sam.model.sam import SamConfig
 
 #: Upper bound on the number of bias elements built at once per attention call.
 _BIAS_CHUNK_ELEMENTS = 1 << 25
@@ -226,3 +231,38 @@ class ImageEncoderViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+
+def infer_config(state) -> SamConfig | None:
+    """The config of a SAM ViT checkpoint's state dict, or None if it is not one."""
+    from napari_sam.model.checkpoint import count_indices, decoder_fields
+    from napari_sam.model.sam import SamConfig
+
+    if "image_encoder.blocks.0.attn.rel_pos_h" not in state:
+        return None
+    patch = state["image_encoder.patch_embed.proj.weight"]
+    embed_dim, patch_size = patch.shape[0], patch.shape[-1]
+    grid = state["image_encoder.pos_embed"].shape[1]
+    depth = count_indices(state, r"image_encoder\.blocks\.(\d+)\.")
+    head_dim = state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1]
+    global_idx, window = [], 14
+    for i in range(depth):
+        n = state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0]
+        if n == 2 * grid - 1:
+            global_idx.append(i)
+        else:
+            window = (n + 1) // 2
+    options = {
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "num_heads": embed_dim // head_dim,
+        "global_attn_indexes": tuple(global_idx),
+        "window_size": window,
+    }
+    return SamConfig(
+        encoder="vit",
+        encoder_options=options,
+        img_size=grid * patch_size,
+        patch_size=patch_size,
+        **decoder_fields(state),
+    )

@@ -30,6 +30,9 @@ class ModelInfo:
     description: str
 
 
+#: The model used when none is named (the bundled model once it exists).
+DEFAULT_MODEL = "vit_b"
+
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 _BIOIMAGEIO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io/"
 

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam.model.image_encoder import ImageEncoderViT
 from napari_sam.model.mask_decoder import MaskDecoder
 from napari_sam.model.prompt_encoder import PromptEncoder
 from napari_sam.model.transformer import TwoWayTransformer
@@ -143,22 +142,36 @@ class Sam(nn.Module):
         return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
 
 
+#: Image encoders by config name: ``"module:Class"``. Each class takes
+#: ``img_size``, ``patch_size`` (total stride), ``out_chans`` and its own options,
+#: has an ``img_size`` attribute, and maps ``(B, 3, S, S)`` to
+#: ``(B, out_chans, S / patch_size, S / patch_size)``. Its module provides
+#: ``infer_config(state_dict) -> SamConfig | None`` for checkpoints of that encoder.
+ENCODERS: dict[str, str] = {
+    "vit": "napari_sam.model.image_encoder:ImageEncoderViT",
+    "tiny_vit": "napari_sam.model.tiny_vit:TinyViT",
+    "micro": "napari_sam.model.micro_encoder:MicroEncoder",
+}
+
+
+def encoder_class(name: str) -> type[nn.Module]:
+    """The image encoder class registered as ``name`` in :data:`ENCODERS`."""
+    import importlib
+
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; known: {sorted(ENCODERS)}")
+    module, cls = ENCODERS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 def build_image_encoder(config: SamConfig) -> nn.Module:
     """The image encoder named by ``config.encoder``."""
-    if config.encoder == "vit":
-        return ImageEncoderViT(
-            img_size=config.img_size,
-            patch_size=config.patch_size,
-            out_chans=config.prompt_embed_dim,
-            **config.encoder_options,
-        )
-    if config.encoder == "tiny_vit":
-        from napari_sam.model.tiny_vit import TinyViT
-
-        return TinyViT(
-            img_size=config.img_size, out_chans=config.prompt_embed_dim, **config.encoder_options
-        )
-    raise ValueError(f"unknown encoder {config.encoder!r}; expected 'vit' or 'tiny_vit'")
+    return encoder_class(config.encoder)(
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        out_chans=config.prompt_embed_dim,
+        **config.encoder_options,
+    )
 
 
 def build_sam(config: SamConfig | str) -> Sam:
