@@ -7,6 +7,8 @@ square and not, with points and boxes) must agree.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -25,14 +27,18 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.fixture(scope="module", params=ARCHS)
-def pair(request):
+@functools.cache
+def make_pair(name: str):
     """(ours, theirs) with identical random weights."""
-    name = request.param
     ours = randomize_(build_sam(name), seed=3)
     theirs = build_official(CONFIGS[name])
     theirs.load_state_dict(ours.state_dict(), strict=True)
     return ours, theirs
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def pair(request):
+    return make_pair(request.param)
 
 
 def test_image_embedding_matches(pair):
@@ -84,7 +90,8 @@ def _rgb(h: int, w: int, seed: int) -> np.ndarray:
     img = np.zeros((h, w, 3))
     for _ in range(12):
         cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.2) * min(h, w)
-        img += rng.uniform(40, 120, 3) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)[..., None]
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r**2)
+        img += rng.uniform(40, 120, 3) * blob[..., None]
     img += rng.normal(0, 8, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
@@ -94,14 +101,19 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-@pytest.mark.parametrize(
-    ("h", "w"), [(300, 300), (240, 410), (620, 380)], ids=["square", "wide", "tall"]
-)
-def test_end_to_end_masks_match(pair, h, w):
-    if pair[0].config.encoder_options["depth"] > 2 and (h, w) != (240, 410):
-        pytest.skip("vit_b end to end runs on the non-square case only, to keep the suite short")
+END_TO_END = [
+    pytest.param("vit_tiny", 300, 300, id="tiny-square"),
+    pytest.param("vit_tiny", 240, 410, id="tiny-wide"),
+    pytest.param("vit_tiny", 620, 380, id="tiny-tall"),
+    # vit_b on the non-square case only, to keep the suite short
+    pytest.param("vit_b", 240, 410, id="vit_b-wide", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("arch", "h", "w"), END_TO_END)
+def test_end_to_end_masks_match(arch, h, w):
     """Points and boxes through both predictors give the same masks (row/col vs x/y)."""
-    ours, theirs = pair
+    ours, theirs = make_pair(arch)
     sa = official()
     image = _rgb(h, w, seed=h + w)
     their_pred = sa.SamPredictor(theirs)
