@@ -169,6 +169,7 @@ class Predictor:
             self.model = load_model(model, device)
             self.model_name = os.fspath(model)
         self.device = self.model.device
+        self._dense_pe = None  # positional encoding of the embedding grid: a model constant
         self.autocast_dtype = _resolve_precision(precision, self.device)
         self.precision = "float32" if self.autocast_dtype is None else str(
             self.autocast_dtype
@@ -380,9 +381,11 @@ class Predictor:
             )
         with torch.inference_mode():
             sparse, dense = self.model.prompt_encoder(pt, bx, mk)
+            if self._dense_pe is None:
+                self._dense_pe = self.model.prompt_encoder.get_dense_pe()
             logits, iou = self.model.mask_decoder(
                 embedding.features,
-                self.model.prompt_encoder.get_dense_pe(),
+                self._dense_pe,
                 sparse,
                 dense,
                 multimask,

@@ -139,6 +139,8 @@ class Sam(nn.Module):
             masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False
         )
         masks = masks[..., : input_size[0], : input_size[1]]
+        if tuple(masks.shape[-2:]) == tuple(original_size):
+            return masks  # resizing to the same size is the identity
         return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
 
 
