@@ -24,7 +24,7 @@ _LAZY: dict[str, str] = {
     "segment_slice": "napari_sam.predictor",
     "load_model": "napari_sam.model.checkpoint",
     "available_models": "napari_sam.model.registry",
-    "propagate": "napari_sam.propagate",
+    "propagate": "napari_sam.propagation",
     "segment_everything": "napari_sam.everything",
     "segment_everything_stack": "napari_sam.everything",
     "Annotator": "napari_sam.annotator",
@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
         PredictorProtocol,
         segment_slice,
     )
-    from napari_sam.propagate import propagate
+    from napari_sam.propagation import propagate
 
 
 def __getattr__(name: str) -> Any:

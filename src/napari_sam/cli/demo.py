@@ -71,7 +71,7 @@ def run(args) -> int:
     from napari_sam.cli._common import progress_printer
     from napari_sam.io import write_labels_tiff
     from napari_sam.normalize import stack_intensity_range
-    from napari_sam.propagate import propagate
+    from napari_sam.propagation import propagate
     from napari_sam.synthetic import sample_nuclei_stack
 
     stack, truth = sample_nuclei_stack()

@@ -239,7 +239,9 @@ def model_from_state_dict(
 
 def _describe(config: SamConfig) -> str:
     o = config.encoder_options
-    return f"{config.encoder} (width {o.get('embed_dim')}, depth {o.get('depth')})"
+    width = o.get("embed_dim", o.get("embed_dims"))
+    depth = o.get("depth", o.get("depths"))
+    return f"{config.encoder} (width {width}, depth {depth})"
 
 
 def load_model(

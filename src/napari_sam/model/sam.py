@@ -15,6 +15,7 @@ from torch import nn
 
 from napari_sam.model.mask_decoder import MaskDecoder
 from napari_sam.model.prompt_encoder import PromptEncoder
+from napari_sam.model.tiny_vit import VIT_T_OPTIONS
 from napari_sam.model.transformer import TwoWayTransformer
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -70,6 +71,8 @@ CONFIGS: dict[str, SamConfig] = {
     "vit_b": SamConfig(encoder_options=_vit(768, 12, 12, (2, 5, 8, 11))),
     "vit_l": SamConfig(encoder_options=_vit(1024, 24, 16, (5, 11, 17, 23))),
     "vit_h": SamConfig(encoder_options=_vit(1280, 32, 16, (7, 15, 23, 31))),
+    # MobileSAM: TinyViT-5M encoder with SAM's prompt encoder and mask decoder
+    "vit_t": SamConfig(encoder="tiny_vit", encoder_options=dict(VIT_T_OPTIONS)),
     "vit_tiny": SamConfig(
         encoder_options={
             "embed_dim": 64,

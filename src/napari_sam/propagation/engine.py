@@ -1,0 +1,563 @@
+"""Propagate object masks from keyframes through the slices of a stack.
+
+The engine keeps one *front* per object and direction: a front holds the
+object's accepted mask on the last slice it reached, builds a prompt for the
+next slice from it, and stops by the rules documented in
+``docs/propagation.md``. Fronts of all objects that wait on the same slice are
+decoded against one embedding of that slice (in one ``predict_batch`` call
+per prompt shape when the predictor has it); embeddings a later front will
+need again are kept in a small cache, so each slice is normally embedded once.
+
+Torch-, Qt- and napari-free: the predictor is anything with the
+:class:`napari_sam.predictor.PredictorProtocol` methods.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_sam.propagation.inputs import (
+    DIRECTIONS,
+    StackInfo,
+    check_stack,
+    check_thresholds,
+    normalize_seeds,
+    normalize_stop_markers,
+    normalize_z_range,
+)
+from napari_sam.propagation.prompts import (
+    Prompt,
+    PromptSettings,
+    build_prompt,
+    margin_for,
+    parse_prompt_mode,
+)
+from napari_sam.propagation.records import SliceRecord, SliceUpdate
+
+#: Default prompt mode (see the benchmark table in docs/propagation.md).
+DEFAULT_PROMPT_MODE = "box+mask"
+#: Default lowest IoU between an object's masks on neighbouring slices.
+DEFAULT_IOU_THRESHOLD = 0.4
+#: Default lowest predicted IoU (model score) of an accepted mask.
+DEFAULT_SCORE_THRESHOLD = 0.5
+#: Default smallest accepted mask, in pixels ("vanished" below).
+DEFAULT_MIN_AREA = 8
+#: Default largest area ratio between a mask and the one it was propagated from.
+DEFAULT_MAX_GROWTH = 2.0
+#: A mask counts as nested in its predecessor (a shrinking cap, exempt from the IoU
+#: rule) when this share of the smaller one's pixels lies inside the other.
+NESTED_FRACTION = 0.75
+#: Most embeddings kept for fronts that will reach the same slice later.
+MAX_CACHED_EMBEDDINGS = 32
+
+_NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated options of one propagation run (see :func:`propagate_iter`)."""
+
+    prompts: PromptSettings
+    direction: str
+    z_first: int
+    z_last: int
+    iou_threshold: float
+    score_threshold: float
+    min_area: int
+    max_growth: float
+
+
+@dataclass(eq=False)
+class _Front:
+    """One object propagating in one direction."""
+
+    object_id: int
+    step: int  # +1: towards higher z ("up"), -1: towards lower z ("down")
+    next_z: int
+    limit: int  # last slice this front may reach (inclusive)
+    edge_status: str | None  # status of the slice at ``limit`` ("end"/"z_range"; None: gap)
+    prev_mask: np.ndarray
+    steps: int = 0
+    alive: bool = True
+    partner: _Front | None = None  # the front coming from the other side of a gap
+
+    def may_visit(self, z: int) -> bool:
+        return self.alive and 0 <= (z - self.next_z) * self.step <= (self.limit - self.next_z) * (
+            self.step
+        )
+
+    def remaining(self) -> range:
+        return range(self.next_z, self.limit + self.step, self.step)
+
+
+@dataclass(eq=False)
+class _Item:
+    """Work for one object on one slice: one or two fronts (two when a gap closes)."""
+
+    fronts: list[_Front]
+    prompt: Prompt
+    prev_masks: list[np.ndarray]
+
+    @property
+    def object_id(self) -> int:
+        return self.fronts[0].object_id
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two bool masks (0 when both are empty)."""
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 0.0
+
+
+def _nested(mask: np.ndarray, previous: list[np.ndarray]) -> bool:
+    """True when the smaller of ``mask`` and a previous mask lies mostly inside the other.
+
+    An object's cross-section shrinks fast near its top and bottom (caps): the
+    IoU with the previous slice is then low although the object is the same.
+    Such nested changes are left to the area rules (``min_area``, ``max_growth``).
+    """
+    area = np.count_nonzero(mask)
+    for prev in previous:
+        smaller = min(area, np.count_nonzero(prev))
+        if smaller and np.count_nonzero(mask & prev) >= NESTED_FRACTION * smaller:
+            return True
+    return False
+
+
+def keep_connected(mask: np.ndarray, reference: np.ndarray, margin: int) -> np.ndarray:
+    """Drop the parts of ``mask`` that do not touch ``reference`` grown by ``margin``.
+
+    SAM sometimes adds far-away fragments; an object moves little between
+    neighbouring slices. When no part touches, the mask is returned unchanged
+    (the IoU rule then decides).
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return mask
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    labelled, n = ndi.label(mask[box])
+    if n <= 1:
+        return mask
+    ref = reference
+    if margin > 0:  # grow the reference only near the mask's bounding box
+        r0, c0 = max(0, rows[0] - margin), max(0, cols[0] - margin)
+        big = (slice(r0, rows[-1] + 1 + margin), slice(c0, cols[-1] + 1 + margin))
+        grown = np.zeros_like(reference)
+        grown[big] = ndi.binary_dilation(reference[big], iterations=margin)
+        ref = grown
+    keep = np.unique(labelled[ref[box] & mask[box]])
+    keep = keep[keep != 0]
+    if keep.size == 0 or keep.size == n:
+        return mask
+    out = np.zeros_like(mask)
+    out[box] = np.isin(labelled, keep)
+    return out
+
+
+def stack_contrast_limits(stack: Any) -> tuple[float, float]:
+    """The one intensity range used for every slice of ``stack`` when none is given.
+
+    ``(0, 255)`` for uint8 and ``(0, 1)`` for bool (the predictor's own
+    defaults, nothing read); otherwise
+    :func:`napari_sam.normalize.stack_intensity_range` (reads a bounded sample).
+    """
+    from napari_sam.normalize import default_range, stack_intensity_range
+
+    fixed = default_range(np.empty((0, 0), dtype=np.dtype(stack.dtype)))
+    return fixed if fixed is not None else stack_intensity_range(stack)
+
+
+def cancel_requested(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    is_set = getattr(cancel, "is_set", None)
+    return bool(is_set() if callable(is_set) else cancel())
+
+
+@dataclass(eq=False)
+class Engine:
+    """State of one propagation run; :meth:`step` processes one slice.
+
+    Build it with :meth:`create` (which validates every input). Used by
+    :func:`propagate_iter` (a generator over :meth:`step`) and
+    :func:`propagate` (which also needs :meth:`cancel_records`).
+    """
+
+    stack: Any
+    info: StackInfo
+    predictor: Any
+    options: Options
+    seeds: dict[int, dict[int, np.ndarray]]
+    single: bool
+    stop_markers: dict[int, frozenset[int]]
+    contrast_limits: tuple[float, float] | None
+    embeddings: Any
+    fronts: list[_Front] = field(default_factory=list)
+    accepted: dict[int, set[int]] = field(default_factory=dict)
+    cache: OrderedDict = field(default_factory=OrderedDict)
+    pending_seed_updates: list[SliceUpdate] = field(default_factory=list)
+    done: int = 0
+    limits_known: bool = False
+
+    # --------------------------------------------------------------- setup
+    @classmethod
+    def create(
+        cls,
+        stack: Any,
+        seeds: Any,
+        predictor: Any,
+        *,
+        prompt_mode: str = DEFAULT_PROMPT_MODE,
+        direction: str = "both",
+        z_range: Any = None,
+        iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        stop_markers: Any = None,
+        contrast_limits: tuple[float, float] | None = None,
+        embeddings: Any = None,
+        min_area: int = DEFAULT_MIN_AREA,
+        max_growth: float = DEFAULT_MAX_GROWTH,
+        box_margin: float = 0.1,
+        n_points: int = 3,
+    ) -> Engine:
+        info = check_stack(stack)
+        parts = parse_prompt_mode(prompt_mode)
+        if direction not in DIRECTIONS:
+            raise ValueError(
+                f"direction must be one of {', '.join(map(repr, DIRECTIONS))} ('up' = towards "
+                f"higher z), got {direction!r}"
+            )
+        check_thresholds(iou_threshold, score_threshold, min_area, max_growth)
+        if not (isinstance(box_margin, (int, float)) and box_margin >= 0):
+            raise ValueError(f"box_margin must be a number >= 0, got {box_margin!r}")
+        if not isinstance(n_points, int) or n_points < 1:
+            raise ValueError(f"n_points must be an integer >= 1, got {n_points!r}")
+        if not callable(getattr(predictor, "predict", None)):
+            raise TypeError(
+                f"predictor {type(predictor).__name__} has no predict method; pass a "
+                "napari_sam.predictor.Predictor or an object with embed/predict"
+            )
+        if embeddings is None and not callable(getattr(predictor, "embed", None)):
+            raise TypeError(
+                f"predictor {type(predictor).__name__} has no embed method and no "
+                "embeddings were given"
+            )
+        if embeddings is not None and not (
+            hasattr(embeddings, "__getitem__") or callable(embeddings)
+        ):
+            raise TypeError(
+                "embeddings must support embeddings[z] or be a callable z -> embedding, "
+                f"got {type(embeddings).__name__}"
+            )
+        if contrast_limits is not None:
+            low, high = (float(v) for v in contrast_limits)
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise ValueError(
+                    f"contrast_limits must be finite (low, high) with low <= high, got "
+                    f"{contrast_limits!r}"
+                )
+            contrast_limits = (low, high)
+        z_first, z_last = normalize_z_range(z_range, info.n_slices)
+        objects, single = normalize_seeds(seeds, info)
+        for oid, frames in objects.items():
+            outside = [z for z in frames if not z_first <= z <= z_last]
+            if outside:
+                raise ValueError(
+                    f"object {oid} has seeds on z={outside}, outside z_range (slices "
+                    f"{z_first}..{z_last}); widen z_range or drop those seeds"
+                )
+        markers = normalize_stop_markers(stop_markers, objects, info)
+        for oid, zs in markers.items():
+            clash = sorted(zs & set(objects[oid]))
+            if clash:
+                raise ValueError(
+                    f"object {oid} has both a seed and a stop marker on z={clash}; "
+                    "remove one of them"
+                )
+        options = Options(
+            prompts=PromptSettings(parts, box_margin=float(box_margin), n_points=n_points),
+            direction=direction,
+            z_first=z_first,
+            z_last=z_last,
+            iou_threshold=float(iou_threshold),
+            score_threshold=float(score_threshold),
+            min_area=int(min_area),
+            max_growth=float(max_growth),
+        )
+        engine = cls(
+            stack=stack,
+            info=info,
+            predictor=predictor,
+            options=options,
+            seeds=objects,
+            single=single,
+            stop_markers=markers,
+            contrast_limits=contrast_limits,
+            embeddings=embeddings,
+            limits_known=contrast_limits is not None,
+        )
+        engine._plan()
+        return engine
+
+    def _plan(self) -> None:
+        opts = self.options
+        up = opts.direction in ("both", "up")
+        down = opts.direction in ("both", "down")
+        by_z: dict[int, dict[int, np.ndarray]] = {}
+        for oid, frames in self.seeds.items():
+            self.accepted[oid] = set(frames)
+            zs = list(frames)
+            for z, mask in frames.items():
+                by_z.setdefault(z, {})[oid] = mask
+            if down and zs[0] > opts.z_first:
+                edge = "end" if opts.z_first == 0 else "z_range"
+                self._add_front(oid, zs[0], -1, opts.z_first, edge)
+            if up and zs[-1] < opts.z_last:
+                edge = "end" if opts.z_last == self.info.n_slices - 1 else "z_range"
+                self._add_front(oid, zs[-1], +1, opts.z_last, edge)
+            for a, b in itertools.pairwise(zs):
+                if b - a < 2:
+                    continue
+                fa = self._add_front(oid, a, +1, b - 1, None) if up else None
+                fb = self._add_front(oid, b, -1, a + 1, None) if down else None
+                if fa is not None and fb is not None:
+                    fa.partner, fb.partner = fb, fa
+        for z in sorted(by_z):
+            masks = by_z[z]
+            records = {
+                oid: SliceRecord(z, oid, _NAN, _NAN, int(np.count_nonzero(m)), "seed")
+                for oid, m in masks.items()
+            }
+            self.pending_seed_updates.append(SliceUpdate(z, dict(masks), records))
+
+    def _add_front(self, oid: int, z: int, step: int, limit: int, edge: str | None) -> _Front:
+        front = _Front(oid, step, z + step, limit, edge, self.seeds[oid][z])
+        self.fronts.append(front)
+        return front
+
+    # ------------------------------------------------------------ progress
+    def alive(self) -> list[_Front]:
+        """Fronts that still have slices to process."""
+        return [f for f in self.fronts if f.alive]
+
+    def remaining_estimate(self) -> int:
+        """Upper bound of the slices (updates) still to come."""
+        zs = set()
+        for f in self.alive():
+            zs.update(f.remaining())
+        return len(zs) + len(self.pending_seed_updates)
+
+    def total_estimate(self) -> int:
+        return self.done + self.remaining_estimate()
+
+    # ----------------------------------------------------------- embedding
+    def _limits(self) -> tuple[float, float] | None:
+        if not self.limits_known:
+            self.contrast_limits = stack_contrast_limits(self.stack)
+            self.limits_known = True
+        return self.contrast_limits
+
+    def embedding(self, z: int) -> Any:
+        """The embedding of slice ``z``: cache, then ``embeddings``, then ``predictor.embed``."""
+        if z in self.cache:
+            self.cache.move_to_end(z)
+            return self.cache[z]
+        emb = None
+        if self.embeddings is not None:
+            try:
+                if hasattr(self.embeddings, "__getitem__"):
+                    emb = self.embeddings[z]
+                else:
+                    emb = self.embeddings(z)
+            except KeyError:
+                emb = None
+        if emb is None:
+            image = np.asarray(self.stack[z])
+            emb = self.predictor.embed(image, contrast_limits=self._limits())
+        self.cache[z] = emb
+        return emb
+
+    def _trim_cache(self) -> None:
+        fronts = self.alive()
+        for z in list(self.cache):
+            if not any(f.may_visit(z) for f in fronts):
+                del self.cache[z]
+        while len(self.cache) > MAX_CACHED_EMBEDDINGS:
+            self.cache.popitem(last=False)
+
+    # ---------------------------------------------------------------- steps
+    def _retire_finished(self) -> None:
+        for f in self.fronts:
+            if not f.alive:
+                continue
+            out_of_range = (f.next_z - f.limit) * f.step > 0
+            if out_of_range or f.next_z in self.accepted[f.object_id]:
+                f.alive = False
+
+    def _choose_slice(self, fronts: list[_Front]) -> int:
+        groups: dict[int, list[_Front]] = {}
+        for f in fronts:
+            groups.setdefault(f.next_z, []).append(f)
+
+        def priority(z: int) -> tuple:
+            members = groups[z]
+            return (z not in self.cache, min(f.steps for f in members), -len(members), z)
+
+        return min(groups, key=priority)
+
+    def step(self) -> SliceUpdate | None:
+        """Process the next slice and return its update; None when everything is done."""
+        if self.pending_seed_updates:
+            self.done += 1
+            return self.pending_seed_updates.pop(0)
+        self._retire_finished()
+        fronts = self.alive()
+        if not fronts:
+            self.cache.clear()
+            return None
+        z = self._choose_slice(fronts)
+        update = self._process(z, [f for f in fronts if f.next_z == z])
+        self._retire_finished()
+        self._trim_cache()
+        self.done += 1
+        return update
+
+    def cancel_records(self) -> list[SliceRecord]:
+        """Mark every unfinished direction as cancelled; one record per object and slice."""
+        self._retire_finished()
+        records = {}
+        for f in self.alive():
+            key = (f.object_id, f.next_z)
+            records.setdefault(key, SliceRecord(f.next_z, f.object_id, _NAN, _NAN, 0, "cancelled"))
+            f.alive = False
+        self.cache.clear()
+        return list(records.values())
+
+    def _stop(self, fronts: list[_Front]) -> None:
+        for f in fronts:
+            f.alive = False
+
+    def _process(self, z: int, fronts: list[_Front]) -> SliceUpdate:
+        records: dict[int, SliceRecord] = {}
+        masks: dict[int, np.ndarray] = {}
+        items: list[_Item] = []
+        seen: set[int] = set()
+        for f in fronts:
+            if id(f) in seen:
+                continue
+            group = [f]
+            if f.partner is not None and f.partner.alive and f.partner.next_z == z:
+                group.append(f.partner)
+            seen.update(id(g) for g in group)
+            oid = f.object_id
+            if z in self.stop_markers[oid]:
+                records[oid] = SliceRecord(z, oid, _NAN, _NAN, 0, "stop_marker")
+                self._stop(group)
+                continue
+            prev = [g.prev_mask for g in group]
+            union = prev[0] if len(prev) == 1 else np.logical_or(prev[0], prev[1])
+            prompt = build_prompt(union, self.options.prompts)
+            if prompt is None:
+                records[oid] = SliceRecord(z, oid, _NAN, _NAN, 0, "no_prompt")
+                self._stop(group)
+                continue
+            items.append(_Item(group, prompt, prev))
+        if items:
+            emb = self.embedding(z)
+            predictions = self._decode(emb, [it.prompt for it in items])
+            for item, pred in zip(items, predictions):
+                record, mask = self._judge(z, item, pred)
+                records[item.object_id] = record
+                if mask is not None:
+                    masks[item.object_id] = mask
+        return SliceUpdate(z, masks, records)
+
+    def _decode(self, emb: Any, prompts: list[Prompt]) -> list[Any]:
+        results: list[Any] = [None] * len(prompts)
+        batch = getattr(self.predictor, "predict_batch", None)
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault((*p.signature, p.multimask), []).append(i)
+        for (n_points, has_box, has_mask, multimask), idx in groups.items():
+            if callable(batch) and len(idx) > 1:
+                chosen = [prompts[i] for i in idx]
+                preds = batch(
+                    emb,
+                    points=np.stack([p.points for p in chosen]) if n_points else None,
+                    labels=np.stack([p.labels for p in chosen]) if n_points else None,
+                    boxes=np.stack([p.box for p in chosen]) if has_box else None,
+                    masks=[p.mask for p in chosen] if has_mask else None,
+                    multimask=multimask,
+                )
+                for i, pred in zip(idx, preds):
+                    results[i] = pred
+            else:
+                for i in idx:
+                    p = prompts[i]
+                    results[i] = self.predictor.predict(
+                        emb,
+                        points=p.points,
+                        labels=p.labels,
+                        box=p.box,
+                        mask=p.mask,
+                        multimask=multimask,
+                    )
+        return results
+
+    def _judge(self, z: int, item: _Item, pred: Any) -> tuple[SliceRecord, np.ndarray | None]:
+        opts = self.options
+        oid = item.object_id
+        candidates = np.asarray(pred.masks, dtype=bool)
+        if candidates.ndim == 2:
+            candidates = candidates[None]
+        scores = np.atleast_1d(np.asarray(pred.scores, dtype=np.float64))
+        if candidates.shape[1:] != self.info.slice_shape:
+            raise ValueError(
+                f"the predictor returned masks of shape {candidates.shape[1:]} for slice z={z}, "
+                f"expected the slice shape {self.info.slice_shape}"
+            )
+        union = item.prev_masks[0]
+        if len(item.prev_masks) > 1:
+            union = union | item.prev_masks[1]
+        margin = margin_for(union, opts.prompts)
+        best = None
+        for k in range(len(candidates)):
+            mask = keep_connected(candidates[k], union, margin)
+            overlap = max(iou(mask, p) for p in item.prev_masks)
+            key = (overlap, scores[k])
+            if best is None or key > best[0]:
+                best = (key, mask, float(scores[k]))
+        (overlap, _), mask, score = best
+        area = int(np.count_nonzero(mask))
+        prev_area = max(int(np.count_nonzero(p)) for p in item.prev_masks)
+        if area < opts.min_area:
+            status = "vanished"
+        elif score < opts.score_threshold:
+            status = "low_score"
+        elif area > opts.max_growth * prev_area or (
+            overlap < opts.iou_threshold and not _nested(mask, item.prev_masks)
+        ):
+            status = "changed"
+        else:
+            status = "ok"
+        if status != "ok":
+            self._stop(item.fronts)
+            return SliceRecord(z, oid, score, float(overlap), area, status), None
+        self.accepted[oid].add(z)
+        for f in item.fronts:
+            f.prev_mask = mask
+            f.steps += 1
+            f.next_z = z + f.step
+            if z == f.limit and f.edge_status is not None:
+                status = f.edge_status
+        if len(item.fronts) > 1:  # the two sides of a gap met
+            self._stop(item.fronts)
+        return SliceRecord(z, oid, score, float(overlap), area, status), mask

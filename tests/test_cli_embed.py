@@ -1,0 +1,204 @@
+"""``napari-sam embed``: in-process, on a local Dask cluster, killed and resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam.cli import main
+from napari_sam.model.sam import build_sam
+from napari_sam.predictor import Predictor
+from napari_sam.store import EmbeddingStore, embed_stack
+
+N_SLICES = 16
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A tiny checkpoint, a (16, 64, 64) uint16 stack and its reference store."""
+    folder = tmp_path_factory.mktemp("embed_cli")
+    torch.manual_seed(0)
+    model = build_sam("vit_tiny")
+    ckpt = folder / "tiny.pt"
+    torch.save(model.state_dict(), ckpt)
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 2000, (N_SLICES, 64, 64)).astype(np.uint16)
+    stack[:, 20:40, 16:48] += 1500
+    np.save(folder / "stack.npy", stack)
+    reference = folder / "reference.zarr"
+    embed_stack(stack, Predictor(str(ckpt), device="cpu", precision="float32"), reference)
+    return {"folder": folder, "ckpt": ckpt, "stack": folder / "stack.npy", "ref": reference}
+
+
+def embed_args(files, out: Path, *extra: str) -> list[str]:
+    return [
+        "embed",
+        str(files["stack"]),
+        "--out",
+        str(out),
+        "--model",
+        str(files["ckpt"]),
+        "--device",
+        "cpu",
+        "--precision",
+        "float32",
+        "-q",
+        *extra,
+    ]
+
+
+def chunk_files(store: Path) -> dict[int, tuple[int, int]]:
+    """``{slice: (inode, mtime_ns)}`` of the feature chunk files of a zarr 3 store."""
+    out = {}
+    for folder in (store / "features" / "c").iterdir():
+        (f,) = [p for p in folder.rglob("*") if p.is_file()]
+        st = f.stat()
+        out[int(folder.name)] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+def assert_same_store(path: Path, reference: Path) -> None:
+    got = EmbeddingStore.open(path, mode="r")
+    ref = EmbeddingStore.open(reference, mode="r")
+    assert got.missing() == [] and got.metadata.differences(ref.metadata) == []
+    for z in range(N_SLICES):
+        np.testing.assert_allclose(
+            got.read_features(z).astype(np.float32),
+            ref.read_features(z).astype(np.float32),
+            rtol=2e-3,
+            atol=2e-3,
+        )
+        assert got.stored_digest(z) == ref.stored_digest(z)
+
+
+def test_in_process_equals_library(files, tmp_path, capsys):
+    out = tmp_path / "e.zarr"
+    assert main(embed_args(files, out, "--workers", "0")) == 0
+    assert f"{N_SLICES} slice(s) computed, 0 already done" in capsys.readouterr().out
+    assert_same_store(out, files["ref"])
+
+
+@pytest.fixture
+def threaded_scheduler():
+    """A running scheduler on loopback whose worker is a thread of this process (starts fast)."""
+    import logging
+
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp://",
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def test_partial_run_on_a_scheduler_then_local_cluster_resumes(
+    files, tmp_path, capsys, threaded_scheduler
+):
+    out = tmp_path / "e.zarr"
+    assert threaded_scheduler.startswith("tcp://127.0.0.1:")
+    args = embed_args(files, out, "--scheduler", threaded_scheduler, "--max-slices", "5")
+    assert main(args) == 0
+    assert "5 slice(s) computed, 0 already done" in capsys.readouterr().out
+    done = EmbeddingStore.open(out, mode="r").completed()
+    assert len(done) == 5
+    before = chunk_files(out)
+
+    # the default path: a LocalCluster of 2 worker processes on 127.0.0.1
+    start = time.perf_counter()
+    assert main(embed_args(files, out, "--workers", "2")) == 0
+    report = capsys.readouterr().out
+    assert f"{N_SLICES - 5} slice(s) computed, 5 already done (5 verified)" in report
+    after = chunk_files(out)
+    for (z,) in done:  # finished slices were not rewritten
+        assert after[z] == before[z]
+    assert_same_store(out, files["ref"])
+    assert time.perf_counter() - start < 180  # a hang guard; ~15-40 s on 2 busy cores
+
+
+def test_killed_run_resumes_without_recomputing(files, tmp_path, capsys):
+    out = tmp_path / "e.zarr"
+    cli = "import sys; from napari_sam.cli import main; sys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", cli, *embed_args(files, out, "--workers", "0")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    flags = out / "done" / "c"
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if flags.is_dir() and len(list(flags.iterdir())) >= 3:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the embed command ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    killed = EmbeddingStore.open(out, mode="r")
+    done = killed.completed()
+    assert 3 <= len(done) < N_SLICES
+    before = chunk_files(out)
+
+    assert main(embed_args(files, out, "--workers", "0")) == 0  # the rerun, in this process
+    report = capsys.readouterr().out
+    assert f"{N_SLICES - len(done)} slice(s) computed, {len(done)} already done" in report
+    after = chunk_files(out)
+    assert all(after[z] == before[z] for (z,) in done)
+    assert_same_store(out, files["ref"])
+
+
+def test_unreachable_scheduler_fails_fast(files, tmp_path, capsys):
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.perf_counter()
+    code = main(
+        embed_args(files, tmp_path / "e.zarr", "--scheduler", f"127.0.0.1:{port}", "--timeout", "2")
+    )
+    elapsed = time.perf_counter() - start
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"no Dask scheduler answered at tcp://127.0.0.1:{port} within 2 s" in err
+    assert elapsed < 15
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--contrast-limits", "0", "100"], "contrast limits: store"),
+        (["--workers", "-1"], "--workers must be >= 0"),
+        (["--max-slices", "-2"], "--max-slices must be >= 0"),
+    ],
+    ids=["mismatch", "bad-workers", "bad-max-slices"],
+)
+def test_user_errors(files, tmp_path, capsys, extra, message):
+    out = tmp_path / "e.zarr"
+    assert main(embed_args(files, out, "--workers", "0", "--max-slices", "1")) == 0
+    capsys.readouterr()
+    assert main(embed_args(files, out, "--workers", "0", *extra)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_store_and_missing_stack(files, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(embed_args(files, blocker / "e.zarr", "--workers", "0")) == 2
+    assert "cannot write the embedding store" in capsys.readouterr().err
+    args = embed_args(files, tmp_path / "e.zarr", "--workers", "0")
+    args[1] = str(tmp_path / "nothing.npy")
+    assert main(args) == 2
+    assert "image file not found" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "e.zarr")
