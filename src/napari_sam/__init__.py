@@ -28,16 +28,20 @@ _LAZY: dict[str, str] = {
     "segment_everything": "napari_sam.everything",
     "segment_everything_stack": "napari_sam.everything",
     "Annotator": "napari_sam.annotator",
+    "EmbeddingStore": "napari_sam.store",
+    "embed_stack": "napari_sam.store",
 }
 
 __all__ = [
     "Annotator",
     "Embedding",
+    "EmbeddingStore",
     "Prediction",
     "Predictor",
     "PredictorProtocol",
     "__version__",
     "available_models",
+    "embed_stack",
     "load_model",
     "propagate",
     "segment_everything",
@@ -58,6 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
         segment_slice,
     )
     from napari_sam.propagation import propagate
+    from napari_sam.store import EmbeddingStore, embed_stack
 
 
 def __getattr__(name: str) -> Any:
