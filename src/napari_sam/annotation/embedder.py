@@ -1,0 +1,206 @@
+"""Slice embeddings of one image: the model on demand, the LRU cache, background work.
+
+Qt- and napari-free: workers are started through an injected
+:class:`~napari_sam.annotation.workers.StartWorker`, and the image is read
+through its array (``source[slice_index]``), never through a napari layer, so
+the worker threads touch no GUI object.
+
+Cache keys are ``(layer_key, slice_index, contrast_limits, model_key)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Iterator
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from napari_sam.annotation.scheduler import EmbeddingScheduler, EmbedRequest
+from napari_sam.annotation.slicing import ImageGeometry, neighbour_indices
+from napari_sam.annotation.workers import StartWorker
+from napari_sam.cache import EmbeddingCache
+
+__all__ = ["SliceEmbedder"]
+
+Index = tuple[int, ...]
+Limits = tuple[float, float]
+
+
+class SliceEmbedder:
+    """Compute, cache and prefetch the embeddings of an image's 2D slices.
+
+    Parameters
+    ----------
+    source : the image array (numpy, dask or zarr), ``(*leading, Y, X[, C])``
+    geometry : its :class:`~napari_sam.annotation.slicing.ImageGeometry`
+    layer_key : hashable identity of the image (part of every cache key)
+    cache : the (possibly shared) :class:`~napari_sam.cache.EmbeddingCache`
+    start_worker : starts background work (see :class:`.workers.StartWorker`)
+    predictor : a loaded predictor, or None to load ``model`` when first needed
+    model, device, precision : what :class:`~napari_sam.predictor.Predictor` loads
+    on_error : ``on_error(what, exception)`` for failed background work (main thread)
+    on_embedded : ``on_embedded(slice_index)`` when a background embedding is stored
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        geometry: ImageGeometry,
+        layer_key: Hashable,
+        cache: EmbeddingCache,
+        start_worker: StartWorker,
+        *,
+        predictor: Any = None,
+        model: str = "vit_b",
+        device: str = "auto",
+        precision: str = "auto",
+        on_error: Callable[[str, BaseException], None] | None = None,
+        on_embedded: Callable[[Index], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.geometry = geometry
+        self.layer_key = layer_key
+        self.cache = cache
+        self._start_worker = start_worker
+        self._predictor = predictor
+        self._model, self._device, self._precision = model, device, precision
+        self._predictor_lock = threading.Lock()
+        self._embed_lock = threading.Lock()
+        self._on_error = on_error or (lambda what, err: None)
+        self._on_embedded = on_embedded or (lambda idx: None)
+        self._set_model_key()
+        self.scheduler = EmbeddingScheduler(self._launch, cache.__contains__)
+
+    # ----------------------------------------------------------------- model
+    @property
+    def model(self) -> str:
+        """Registry name or checkpoint path loaded on demand."""
+        return self._model
+
+    @property
+    def predictor(self) -> Any:
+        """The predictor, or None while it is not loaded."""
+        return self._predictor
+
+    @property
+    def model_key(self) -> tuple:
+        """The model part of the cache keys (stable while a model loads)."""
+        return self._model_key
+
+    def _set_model_key(self) -> None:
+        if self._predictor is not None:
+            self._model_key = ("predictor", id(self._predictor))
+        else:
+            self._model_key = (str(self._model), self._device, self._precision)
+
+    def set_model(
+        self,
+        model: str | None = None,
+        *,
+        device: str | None = None,
+        precision: str | None = None,
+        predictor: Any = None,
+    ) -> None:
+        """Switch model (loaded on demand) or predictor; drops the old model's embeddings."""
+        with self._predictor_lock:
+            old = self._model_key
+            self._model = model if model is not None else self._model
+            self._device = device if device is not None else self._device
+            self._precision = precision if precision is not None else self._precision
+            self._predictor = predictor
+            self._set_model_key()
+        self.cache.discard_where(lambda key: key[3] == old)
+
+    def load_predictor(self) -> Any:
+        """The predictor, loading the model now if needed (thread-safe, blocking)."""
+        with self._predictor_lock:
+            if self._predictor is None:
+                from napari_sam.predictor import Predictor
+
+                self._predictor = Predictor(self._model, self._device, self._precision)
+            return self._predictor
+
+    # ------------------------------------------------------------ embeddings
+    def key(self, idx: Index, cl: Limits) -> tuple:
+        """Cache key of slice ``idx`` normalized with contrast limits ``cl``."""
+        return (self.layer_key, tuple(idx), cl, self._model_key)
+
+    def read_slice(self, idx: Index) -> np.ndarray:
+        """Slice ``idx`` as numpy, ``(Y, X)`` or ``(Y, X, 3)`` (RGBA: alpha dropped)."""
+        image = np.asarray(self.source[tuple(idx)])
+        if self.geometry.rgb and image.shape[-1] == 4:
+            image = image[..., :3]
+        return image
+
+    def is_cached(self, idx: Index, cl: Limits) -> bool:
+        """True when the embedding is in the cache."""
+        return self.key(idx, cl) in self.cache
+
+    def embedding(self, idx: Index, cl: Limits) -> Any:
+        """The embedding of slice ``idx`` (cached; computed in this thread if missing)."""
+        return self.cache.get_or_compute(self.key(idx, cl), partial(self._compute, idx, cl))
+
+    def _compute(self, idx: Index, cl: Limits) -> Any:
+        predictor = self.load_predictor()
+        image = self.read_slice(idx)
+        with self._embed_lock:  # one forward pass at a time
+            return predictor.embed(image, contrast_limits=cl)
+
+    # ------------------------------------------------------------ background
+    @property
+    def busy(self) -> bool:
+        """True while a background embedding runs."""
+        return self.scheduler.busy
+
+    @property
+    def handle(self) -> Any:
+        """The running worker, or None."""
+        return self.scheduler.handle
+
+    def request(
+        self,
+        idx: Index,
+        cl: Limits,
+        *,
+        on_ready: Callable[[], None] | None = None,
+        prefetch: bool = False,
+    ) -> None:
+        """Embed slice ``idx`` in the background; ``on_ready()`` once it is cached."""
+        self.scheduler.request(EmbedRequest(self.key(idx, cl), idx, cl, prefetch), on_ready)
+
+    def prefetch_around(self, idx: Index, cl: Limits) -> None:
+        """Queue the neighbours of ``idx`` along z (when the cache has room for them)."""
+        if self.cache.maxsize < 3:
+            return
+        for nb in neighbour_indices(self.geometry, idx, radius=1):
+            self.request(nb, cl, prefetch=True)
+
+    def _launch(self, req: EmbedRequest, finished: Callable[[], None]) -> Any:
+        what = f"{'prefetching' if req.prefetch else 'embedding'} slice {req.slice_index}"
+
+        def failed(err: BaseException) -> None:
+            self.scheduler.mark_failed()  # no prefetching until the user asks again
+            self._on_error(what, err)
+
+        return self._start_worker(
+            self._steps, req.slice_index, req.contrast_limits,
+            desc=f"SAM: {what}", total=2,
+            on_result=self._on_embedded, on_error=failed, on_finished=finished,
+        )
+
+    def _steps(self, idx: Index, cl: Limits) -> Iterator[str]:
+        self.load_predictor()
+        yield "model"
+        self.embedding(idx, cl)
+        yield "embedded"
+        return idx
+
+    def cancel(self) -> bool:
+        """Drop queued requests and ask the running worker to quit; True if there was any."""
+        return self.scheduler.cancel()
+
+    def close(self) -> None:
+        """Cancel and ignore everything from now on."""
+        self.scheduler.close()

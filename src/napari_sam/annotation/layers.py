@@ -1,0 +1,70 @@
+"""Prompt layer data <-> image pixel coordinates, duck-typed on napari's Points/Shapes.
+
+Qt- and napari-free: these functions use only the public attributes of the
+layers (``data``, ``features``, ``shape_type``, ``selected_data``,
+``remove_selected``, ``add``) and affine matrices from
+:func:`napari_sam.annotation.slicing.layer_affine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_sam.annotation.slicing import apply_affine
+
+__all__ = [
+    "PROMPT_SHAPE_TYPES",
+    "add_points",
+    "positive_feature",
+    "prompts_in_image_coords",
+    "remove_rows",
+]
+
+#: Shape types that are prompts (lines and paths are not).
+PROMPT_SHAPE_TYPES = ("rectangle", "polygon", "ellipse")
+
+
+def positive_feature(points_layer: Any) -> np.ndarray:
+    """``(N,)`` bool: the ``positive`` feature of a Points layer (all True if absent)."""
+    features = points_layer.features
+    if "positive" in features:
+        return np.asarray(features["positive"], dtype=bool)
+    return np.ones(len(points_layer.data), dtype=bool)
+
+
+def remove_rows(layer: Any, rows: Sequence[int]) -> None:
+    """Remove points/shapes ``rows`` through the layer's selection (features stay aligned)."""
+    if len(rows):
+        layer.selected_data = {int(r) for r in rows}
+        layer.remove_selected()
+
+
+def prompts_in_image_coords(
+    points_layer: Any, shapes_layer: Any, points_to_image: np.ndarray, shapes_to_image: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[str]]:
+    """All prompts in image pixel coordinates.
+
+    Returns
+    -------
+    points : ``(N, D)``; positive : ``(N,)`` bool; shapes : vertices ``(M_i, D)``
+    of rectangles, polygons and ellipses; shape_types : their types
+    """
+    data = np.asarray(points_layer.data, dtype=np.float64)
+    points = apply_affine(points_to_image, data) if len(data) else data
+    keep = [i for i, t in enumerate(shapes_layer.shape_type) if t in PROMPT_SHAPE_TYPES]
+    shapes = [apply_affine(shapes_to_image, shapes_layer.data[i]) for i in keep]
+    types = [shapes_layer.shape_type[i] for i in keep]
+    return points, positive_feature(points_layer), shapes, types
+
+
+def add_points(points_layer: Any, coords: np.ndarray, positive: np.ndarray) -> None:
+    """Append points (layer data coordinates) with their ``positive`` values."""
+    if not len(coords):
+        return
+    old = positive_feature(points_layer)
+    points_layer.add(np.asarray(coords, dtype=np.float64))
+    points_layer.features = {"positive": np.concatenate([old, np.asarray(positive, bool)])}
+    points_layer.refresh_colors()
