@@ -1,0 +1,385 @@
+"""Automatic instance segmentation of one 2D slice ("segment everything").
+
+See :func:`segment_everything` and ``docs/everything.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from napari_sam.boxes import near_crop_edge
+from napari_sam.everything._decoding import Decoder, point_grid
+from napari_sam.everything._masks import CompactMask, clean_mask
+from napari_sam.everything._params import (
+    EverythingParams,
+    EverythingResult,
+    ProgressCallback,
+    check_cancel,
+)
+from napari_sam.everything._resolve import (
+    Candidates,
+    box_nms,
+    labels_from_index,
+    mask_dedup,
+    resolve_overlaps,
+)
+
+
+def resolve_contrast_limits(
+    image: np.ndarray, contrast_limits: tuple[float, float] | None
+) -> tuple[float, float]:
+    """The ``(low, high)`` used for the whole slice and all of its crops.
+
+    The given limits, else ``(0, 255)`` for uint8, ``(0, 1)`` for bool, else the
+    robust percentile range of the slice (all channels together).
+    """
+    from napari_sam.normalize import default_range, intensity_range
+
+    if contrast_limits is not None:
+        low, high = (float(v) for v in contrast_limits)
+        if not (math.isfinite(low) and math.isfinite(high)) or high < low:
+            raise ValueError(
+                f"contrast_limits must be finite (low, high) with low <= high, got "
+                f"{contrast_limits!r}"
+            )
+        return (low, high)
+    default = default_range(image)
+    return default if default is not None else intensity_range(image)
+
+
+def is_flat(image: np.ndarray, limits: tuple[float, float]) -> bool:
+    """True when the slice shows nothing after mapping ``limits`` to 0..255 (constant).
+
+    Non-finite values count as ``low``, as in :func:`napari_sam.normalize.to_rgb_float`.
+    """
+    low, high = limits
+    if high <= low:
+        return True
+    data = np.asarray(image)
+    channels = data.reshape(data.shape[0] * data.shape[1], -1)
+    for c in range(channels.shape[1]):
+        x = channels[:, c]
+        extra = []
+        if x.dtype.kind == "f":
+            finite = np.isfinite(x)
+            if not finite.all():
+                x = x[finite]
+                extra = [low]
+        values = [float(x.min()), float(x.max()), *extra] if x.size else extra
+        clipped = np.clip(values, low, high)
+        if clipped.max() > clipped.min():
+            return False
+    return True
+
+
+def crop_boxes(
+    shape: tuple[int, int], layers: int, overlap_ratio: float
+) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """``(layer, (row_min, col_min, row_max, col_max))`` of the full image and its crops.
+
+    Layer ``i >= 1`` tiles the image with ``2**i x 2**i`` overlapping crops
+    (overlap ``overlap_ratio * min(H, W) * 2 / 2**i`` pixels). Crops smaller than
+    the model's minimum slice side are left out.
+    """
+    from napari_sam.normalize import MIN_SIDE
+
+    h, w = shape
+    out = [(0, (0, 0, h, w))]
+    for layer in range(1, layers + 1):
+        n = 2**layer
+        overlap = int(overlap_ratio * min(h, w) * 2 / n)
+        ch = math.ceil((overlap * (n - 1) + h) / n)
+        cw = math.ceil((overlap * (n - 1) + w) / n)
+        if min(ch, cw) < MIN_SIDE:
+            continue
+        for i in range(n):
+            for j in range(n):
+                r0 = (ch - overlap) * i
+                c0 = (cw - overlap) * j
+                box = (r0, c0, min(r0 + ch, h), min(c0 + cw, w))
+                if min(box[2] - box[0], box[3] - box[1]) >= MIN_SIDE:
+                    out.append((layer, box))
+    return out
+
+
+def _compact(crop: np.ndarray, origin: tuple[int, int], min_area: int) -> CompactMask:
+    """Clean (holes/islands) and encode a bool mask crop whose top-left pixel is ``origin``."""
+    rows = np.flatnonzero(crop.any(axis=1))
+    if rows.size == 0:
+        return CompactMask.from_crop(np.zeros((0, 0), bool), origin)
+    cols = np.flatnonzero(crop.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    tight = clean_mask(crop[r0:r1, c0:c1], min_area)
+    return CompactMask.from_crop(tight, (origin[0] + r0, origin[1] + c0))
+
+
+def _decode_crop(
+    predictor,
+    image: np.ndarray,
+    crop_index: int,
+    layer: int,
+    box: tuple[int, int, int, int],
+    limits: tuple[float, float],
+    embedding,
+    params: EverythingParams,
+    candidates: Candidates,
+    stats: dict[str, int],
+    timings: dict[str, float],
+    step: Callable[[], None],
+    cancel,
+) -> None:
+    """Embed one crop, decode its point grid and add the kept masks to ``candidates``."""
+    r0, c0, r1, c1 = box
+    check_cancel(cancel)
+    if embedding is None:
+        t0 = time.perf_counter()
+        embedding = predictor.embed(image[r0:r1, c0:c1], contrast_limits=limits)
+        timings["embed"] += time.perf_counter() - t0
+    step()
+    n = max(1, params.points_per_side // (params.crop_points_downscale**layer))
+    points = point_grid(n, (r1 - r0, c1 - c0))
+    decoder = Decoder(predictor, embedding, params)
+    is_full = box == (0, 0, image.shape[0], image.shape[1])
+    min_area = max(1, int(params.min_area))
+    for s in range(0, len(points), params.points_per_batch):
+        check_cancel(cancel)
+        batch = points[s : s + params.points_per_batch]
+        t0 = time.perf_counter()
+        kept = decoder(batch)
+        t1 = time.perf_counter()
+        timings["decode"] += t1 - t0
+        stats["prompts"] += len(batch)
+        stats["candidates"] += kept.n_candidates
+        stats["passed_filters"] += len(kept.iou)
+        for k, (crop, (dr, dc)) in enumerate(decoder.kept_masks(kept)):
+            m = _compact(crop, (r0 + dr, c0 + dc), params.min_area)
+            ok = m.area >= min_area and (params.max_area is None or m.area <= params.max_area)
+            if ok and not is_full:
+                ok = not near_crop_edge(np.asarray([m.bbox]), box, image.shape[:2])[0]
+            if ok:
+                candidates.add(m, kept.iou[k], kept.stability[k], crop_index)
+        timings["masks"] += time.perf_counter() - t1
+        step()
+
+
+def _empty_result(shape: tuple[int, int], stats: dict[str, int]) -> EverythingResult:
+    return EverythingResult(np.zeros(shape, dtype=np.uint32), [], stats, _new_timings())
+
+
+def _new_timings() -> dict[str, float]:
+    return dict.fromkeys(("embed", "decode", "masks", "resolve"), 0.0)
+
+
+def _new_stats() -> dict[str, int]:
+    keys = ("prompts", "candidates", "passed_filters", "after_area", "after_nms")
+    return dict.fromkeys((*keys, "after_mask_dedup", "objects"), 0)
+
+
+def make_predictor(model: str | os.PathLike, predictor):
+    """``predictor`` if given, else a :class:`~napari_sam.predictor.Predictor` for ``model``."""
+    if predictor is not None:
+        if not hasattr(predictor, "embed") or not (
+            hasattr(predictor, "predict") or hasattr(predictor, "predict_batch")
+        ):
+            raise TypeError(
+                f"predictor must have embed() and predict()/predict_batch() (see "
+                f"napari_sam.predictor.PredictorProtocol), got {type(predictor).__name__}"
+            )
+        return predictor
+    from napari_sam.predictor import Predictor
+
+    return Predictor(model)
+
+
+def segment_everything(
+    image: np.ndarray,
+    *,
+    model: str | os.PathLike = "vit_b",
+    predictor=None,
+    points_per_side: int = 32,
+    points_per_batch: int = 64,
+    pred_iou_thresh: float = 0.8,
+    stability_score_thresh: float = 0.9,
+    stability_offset: float = 1.0,
+    box_nms_thresh: float = 0.7,
+    min_area: int = 16,
+    max_area: int | None = None,
+    min_visible_fraction: float = 0.2,
+    crop_layers: int = 0,
+    crop_overlap_ratio: float = 512 / 1500,
+    crop_points_downscale: int = 1,
+    contrast_limits: tuple[float, float] | None = None,
+    embedding=None,
+    progress: ProgressCallback | None = None,
+    cancel=None,
+    fast_decoder: bool = True,
+) -> EverythingResult:
+    """Segment every object of one 2D slice automatically (SAM's "everything" mode).
+
+    A regular ``points_per_side x points_per_side`` grid of single positive
+    points is decoded in batches; each point gives 3 candidate masks (SAM's
+    multimask output), which all compete. Candidates are filtered by predicted
+    IoU and stability score (on the low-res logits, before upscaling), cleaned
+    (holes and islands smaller than ``min_area`` filled/removed), filtered by
+    area, de-duplicated (box NMS, then mask IoU) and resolved into one label
+    image in which each pixel belongs to the smallest mask covering it.
+
+    Parameters
+    ----------
+    image : ``(H, W)`` or ``(H, W, C)`` with C <= 3, any numeric dtype
+    model : registry name or checkpoint path, used when ``predictor`` is None
+    predictor : a :class:`~napari_sam.predictor.Predictor` (or any object with
+        ``embed`` and ``predict``/``predict_batch``, see
+        :class:`~napari_sam.predictor.PredictorProtocol`); reuse one to avoid
+        reloading the model
+    points_per_side : grid size (``points_per_side**2`` prompts per crop)
+    points_per_batch : prompts decoded per decoder call (memory vs. speed)
+    pred_iou_thresh : keep candidates whose predicted IoU is ``>`` this
+    stability_score_thresh : keep candidates whose stability score is ``>=`` this
+    stability_offset : logit offset of the stability score (IoU of the masks
+        ``logits > +offset`` and ``logits > -offset``)
+    box_nms_thresh : boxes (and masks) overlapping a better candidate with IoU
+        ``>`` this are duplicates
+    min_area : smallest object in pixels; also the largest hole that is filled
+        and the largest island that is removed from a mask
+    max_area : largest object in pixels (None: no limit)
+    min_visible_fraction : an object covered by smaller objects so that less
+        than this fraction of its mask stays visible is dropped
+    crop_layers : 0 = whole image only; ``n`` adds zoomed-in crops in layers
+        ``1..n`` (``4**i`` crops in layer ``i``), each embedded separately, to
+        find small objects
+    crop_overlap_ratio : overlap of neighbouring crops, as a fraction of the
+        crop size of layer 1
+    crop_points_downscale : points per side in layer ``i`` are
+        ``points_per_side // crop_points_downscale**i``
+    contrast_limits : ``(low, high)`` mapped to 0..255 for the whole slice and all
+        crops (default: ``(0, 255)`` for uint8, else robust percentiles of the slice)
+    embedding : a precomputed embedding of the whole slice (made with the same
+        contrast limits) to skip the image encoder
+    progress : ``callback(done, total)`` called after each embedding and batch
+    cancel : a ``threading.Event`` or a callable returning True to stop; checked
+        before each embedding and batch
+    fast_decoder : use the exact restructured decoder of
+        :mod:`napari_sam.everything._decoder` when the predictor is this
+        package's :class:`~napari_sam.predictor.Predictor` (False: ``predict_batch``)
+
+    Returns
+    -------
+    EverythingResult
+        ``labels`` ``(H, W)`` uint32 (0 = background, 1..N in raster order of each
+        object's first pixel) and one :class:`ObjectRecord` per object.
+
+    Raises
+    ------
+    Cancelled
+        When ``cancel`` was set; nothing is returned.
+
+    Notes
+    -----
+    An empty or constant slice (nothing visible within the contrast limits)
+    returns no objects without running the model.
+    """
+    from napari_sam.normalize import validate_slice
+
+    params = EverythingParams(
+        points_per_side=points_per_side,
+        points_per_batch=points_per_batch,
+        pred_iou_thresh=pred_iou_thresh,
+        stability_score_thresh=stability_score_thresh,
+        stability_offset=stability_offset,
+        box_nms_thresh=box_nms_thresh,
+        min_area=min_area,
+        max_area=max_area,
+        min_visible_fraction=min_visible_fraction,
+        crop_layers=crop_layers,
+        crop_overlap_ratio=crop_overlap_ratio,
+        crop_points_downscale=crop_points_downscale,
+        fast_decoder=fast_decoder,
+    )
+    return run_everything(
+        image if isinstance(image, np.ndarray) else np.asarray(image),
+        make_predictor(model, predictor),
+        params,
+        contrast_limits=contrast_limits,
+        embedding=embedding,
+        progress=progress,
+        cancel=cancel,
+        validate=validate_slice,
+    )
+
+
+def run_everything(
+    image: np.ndarray,
+    predictor,
+    params: EverythingParams,
+    *,
+    contrast_limits=None,
+    embedding=None,
+    progress: ProgressCallback | None = None,
+    cancel=None,
+    validate: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> EverythingResult:
+    """:func:`segment_everything` with validated parameters and a ready predictor."""
+    if validate is not None:
+        image = validate(image)
+    shape = image.shape[:2]
+    stats = _new_stats()
+    check_cancel(cancel)
+    limits = resolve_contrast_limits(image, contrast_limits)
+    if is_flat(image, limits):
+        if progress is not None:
+            progress(1, 1)
+        return _empty_result(shape, stats)
+    crops = crop_boxes(shape, params.crop_layers, params.crop_overlap_ratio)
+    n_batches = 0
+    for layer, _box in crops:
+        n = max(1, params.points_per_side // (params.crop_points_downscale**layer))
+        n_batches += 1 + math.ceil(n * n / params.points_per_batch)
+    done = [0]
+
+    def step() -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], n_batches)
+
+    cands = Candidates()
+    timings = _new_timings()
+    for ci, (layer, box) in enumerate(crops):
+        _decode_crop(
+            predictor,
+            image,
+            ci,
+            layer,
+            box,
+            limits,
+            embedding if ci == 0 else None,
+            params,
+            cands,
+            stats,
+            timings,
+            step,
+            cancel,
+        )
+    t0 = time.perf_counter()
+    stats["after_area"] = len(cands)
+    check_cancel(cancel)
+    cands = box_nms(cands, params, len(crops))
+    stats["after_nms"] = len(cands)
+    cands = mask_dedup(cands, params.box_nms_thresh)
+    stats["after_mask_dedup"] = len(cands)
+    index, _ = resolve_overlaps(
+        cands.masks,
+        np.asarray(cands.iou) + 1e-3 * np.asarray(cands.stability),
+        shape,
+        params.min_area,
+        params.min_visible_fraction,
+    )
+    labels, objects = labels_from_index(index, cands)
+    stats["objects"] = len(objects)
+    timings["resolve"] = time.perf_counter() - t0
+    return EverythingResult(labels, objects, stats, timings)

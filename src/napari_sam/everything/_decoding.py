@@ -1,0 +1,229 @@
+"""Decoding a batch of grid points into filtered candidate masks.
+
+Three paths, chosen by what the predictor offers: the exact fast decoder of
+:mod:`._decoder` (this package's :class:`~napari_sam.predictor.Predictor`),
+``predict_batch(..., upscale=False)`` plus ``upscale`` (low-res filtering), or
+``predict_batch``/``predict`` returning full-resolution masks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_sam.everything._params import EverythingParams
+
+#: Prompts per call of the fast decoder: its per-prompt image tokens are
+#: ``prompts x 4096 x 256`` floats (4 MiB per prompt for SAM), so this bounds memory.
+FAST_PROMPTS_PER_CALL = 8
+
+
+def point_grid(n: int, shape: tuple[int, int]) -> np.ndarray:
+    """``(n*n, 2)`` ``(row, col)`` points at the centres of an ``n x n`` grid of cells."""
+    h, w = shape
+    rows = np.minimum((np.arange(n) + 0.5) * h / n, h - 1)
+    cols = np.minimum((np.arange(n) + 0.5) * w / n, w - 1)
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    return np.stack([rr.ravel(), cc.ravel()], axis=1)
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _stability_np(logits: np.ndarray, offset: float, threshold: float) -> np.ndarray:
+    """``(K,)`` stability scores of ``(K, ...)`` logits; 0 where the loose mask is empty."""
+    flat = logits.reshape(len(logits), -1)
+    inter = np.count_nonzero(flat > threshold + offset, axis=1)
+    union = np.count_nonzero(flat > threshold - offset, axis=1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def _lowres_valid(predictor, embedding, low_shape: tuple[int, int]) -> tuple[int, int]:
+    """Rows/cols of the low-res logits that show the slice (the rest is padding)."""
+    h, w = low_shape
+    size = getattr(predictor, "image_size", None)
+    inp = getattr(embedding, "input_size", None)
+    if size is None or inp is None:
+        return h, w
+    return (
+        min(h, math.ceil(inp[0] * h / size)),
+        min(w, math.ceil(inp[1] * w / size)),
+    )
+
+
+@dataclass
+class Kept:
+    """Candidates of one batch that passed the IoU and stability filters."""
+
+    logits: Any  # (K, h, w) low-res logits (torch or numpy), or None
+    masks: np.ndarray | None  # (K, H, W) bool full-res masks when there are no logits to upscale
+    iou: np.ndarray  # (K,)
+    stability: np.ndarray  # (K,)
+    n_candidates: int
+
+
+class Decoder:
+    """Decode a batch of single positive points and filter their 3 candidates each."""
+
+    def __init__(self, predictor, embedding, params: EverythingParams) -> None:
+        self.predictor = predictor
+        self.embedding = embedding
+        self.params = params
+        model = getattr(predictor, "model", None)
+        self.threshold = float(getattr(model, "mask_threshold", 0.0))
+        self.mode = self._choose_mode()
+        self.region = None  # RegionUpscaler, False when unavailable, None: not tried yet
+        self.fast = None
+        if self.mode == "fast":
+            from napari_sam.everything._decoder import PointDecoder
+
+            self.fast = PointDecoder(model, embedding.features)
+
+    def _choose_mode(self) -> str:
+        from napari_sam.everything._decoder import supports_fast_decoder
+
+        p = self.predictor
+        if (
+            self.params.fast_decoder
+            and supports_fast_decoder(p)
+            and hasattr(self.embedding, "features")
+            and hasattr(self.embedding, "to_model_frame")
+        ):
+            return "fast"
+        batch = getattr(p, "predict_batch", None)
+        if batch is None:
+            return "single"
+        try:
+            params = inspect.signature(batch).parameters
+        except (TypeError, ValueError):
+            params = {}
+        takes_upscale = "upscale" in params or any(
+            v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values()
+        )
+        return "lowres" if takes_upscale and hasattr(p, "upscale") else "batch"
+
+    # -- the three ways of getting logits and scores
+    def __call__(self, points: np.ndarray) -> Kept:
+        if self.mode == "fast":
+            return self._fast(points)
+        return self._generic(points)
+
+    def _fast(self, points: np.ndarray) -> Kept:
+        import torch
+
+        p = self.params
+        dec = self.fast
+        emb = self.embedding
+        device = dec.src.device
+        coords = torch.as_tensor(
+            emb.to_model_frame(points[:, None, :]), dtype=torch.float32, device=device
+        )
+        labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=device)
+        low = 4 * dec.grid[0], 4 * dec.grid[1]
+        vh, vw = _lowres_valid(self.predictor, emb, low)
+        valid = None
+        if (vh, vw) != low:
+            spatial = torch.zeros(low, dtype=torch.bool, device=device)
+            spatial[:vh, :vw] = True
+            valid = dec.to_raw(spatial)
+        logits, ious, stabs = [], [], []
+        with torch.inference_mode():
+            step = FAST_PROMPTS_PER_CALL
+            for s in range(0, len(points), step):
+                stage = dec.transformer(coords[s : s + step], labels[s : s + step])
+                passing = stage.iou > p.pred_iou_thresh
+                index = torch.nonzero(passing.any(dim=1)).ravel()
+                if index.numel() == 0:
+                    continue
+                raw = dec.raw_masks(stage, index)  # (b, 3, N)
+                vals = raw if valid is None else raw[..., valid]
+                inter = (vals > self.threshold + p.stability_offset).sum(-1)
+                union = (vals > self.threshold - p.stability_offset).sum(-1)
+                stab = torch.where(union > 0, inter / union.clamp(min=1), 0.0)
+                keep = passing[index] & (stab >= p.stability_score_thresh) & (union > 0)
+                if keep.any():
+                    logits.append(raw[keep])
+                    ious.append(stage.iou[index][keep])
+                    stabs.append(stab[keep])
+        if not logits:
+            return Kept(None, None, np.zeros(0), np.zeros(0), 3 * len(points))
+        return Kept(
+            dec.to_spatial(torch.cat(logits)),
+            None,
+            torch.cat(ious).double().cpu().numpy(),
+            torch.cat(stabs).double().cpu().numpy(),
+            3 * len(points),
+        )
+
+    def _generic(self, points: np.ndarray) -> Kept:
+        p = self.params
+        pred = self.predictor
+        emb = self.embedding
+        b = len(points)
+        pts = points[:, None, :]
+        ones = np.ones((b, 1), dtype=np.int64)
+        if self.mode == "lowres":
+            preds = pred.predict_batch(emb, points=pts, labels=ones, multimask=True, upscale=False)
+        elif self.mode == "batch":
+            preds = pred.predict_batch(emb, points=pts, labels=ones, multimask=True)
+        else:
+            preds = [pred.predict(emb, points=pts[i], labels=ones[i]) for i in range(b)]
+        scores = np.concatenate([np.asarray(x.scores, dtype=np.float64).ravel() for x in preds])
+        logits = np.concatenate([np.asarray(x.logits, dtype=np.float32) for x in preds])
+        vh, vw = _lowres_valid(pred, emb, logits.shape[-2:])
+        stab = _stability_np(logits[..., :vh, :vw], float(p.stability_offset), self.threshold)
+        union = np.count_nonzero(
+            logits[..., :vh, :vw].reshape(len(logits), -1) > self.threshold - p.stability_offset,
+            axis=1,
+        )
+        keep = (scores > p.pred_iou_thresh) & (stab >= p.stability_score_thresh) & (union > 0)
+        if not keep.any():
+            return Kept(None, None, np.zeros(0), np.zeros(0), len(scores))
+        if self.mode == "lowres":
+            return Kept(logits[keep], None, scores[keep], stab[keep], len(scores))
+        masks = np.concatenate([np.asarray(x.masks, dtype=bool) for x in preds])
+        return Kept(None, masks[keep], scores[keep], stab[keep], len(scores))
+
+    def kept_masks(self, kept: Kept, chunk: int = 8) -> Iterator[tuple[np.ndarray, tuple]]:
+        """Yield each kept mask at the slice's resolution as ``(bool crop, (row, col))``.
+
+        The crop holds the whole mask (it may have empty margins); ``(row, col)``
+        is its top-left pixel. Low-res logits are upscaled only around the object
+        when the predictor's geometry allows (:mod:`._upscale`), else ``chunk``
+        masks at a time with ``predictor.upscale``.
+        """
+        if kept.masks is not None:
+            for m in kept.masks:
+                yield m, (0, 0)
+            return
+        if kept.logits is None:
+            return
+        if self.region is None:
+            from napari_sam.everything._upscale import RegionUpscaler
+
+            self.region = (
+                RegionUpscaler.for_predictor(
+                    self.predictor, self.embedding, tuple(kept.logits.shape[-2:]), self.threshold
+                )
+                or False
+            )
+        if self.region:
+            import torch
+
+            logits = torch.as_tensor(kept.logits, dtype=torch.float32).cpu()
+            with torch.inference_mode():
+                for lg in logits:
+                    yield self.region.crop(lg)
+            return
+        for s in range(0, len(kept.logits), chunk):
+            up = self.predictor.upscale(self.embedding, kept.logits[s : s + chunk])
+            for m in _to_numpy(up > self.threshold).astype(bool, copy=False):
+                yield m, (0, 0)
