@@ -43,13 +43,37 @@ def import_time() -> float:
     return min(runs)
 
 
+def mobile_sam_rows(image: np.ndarray, repeats: int, t_ref: float) -> list:
+    """MobileSAM (vit_t): its own code against ours, identical random weights.
+
+    The ratio column stays "speed-up vs official vit_b float32" (``t_ref``).
+    """
+    import mobile_oracle  # tests/ is on sys.path
+
+    ours = build_sam("vit_t")
+    rows = []
+    if mobile_oracle.available():
+        theirs = mobile_oracle.randomize_(mobile_oracle.build_mobile_sam_vit_t(), seed=0).eval()
+        ours.load_state_dict(theirs.state_dict())
+        their_pred = mobile_oracle.mobile_sam().SamPredictor(theirs)
+        t, _ = timed(lambda: their_pred.set_image(image), repeats)
+        rows.append(("MobileSAM's own set_image (vit_t), float32", t, t_ref / t))
+    exact = Predictor(ours, precision="float32")
+    t, _ = timed(lambda: exact.embed(image), repeats)
+    rows.append(("ours embed vit_t (MobileSAM), exact float32", t, t_ref / t))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vit_b")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--skip-bf16", action="store_true", help="skip official bfloat16 run")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
@@ -61,36 +85,50 @@ def main() -> None:
     sa = official()
     their_pred = sa.SamPredictor(theirs)
 
-    rows = []
-    t_off, _ = timed(lambda: their_pred.set_image(image), args.repeats)
-    rows.append(("official set_image, float32", t_off, 1.0))
+    exact = Predictor(ours, precision="float32")
+    fast = Predictor(ours, precision="auto")
 
     def official_bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             their_pred.set_image(image)
 
-    t_off_bf16, _ = timed(official_bf16, args.repeats)
-    rows.append(("official set_image, bfloat16 autocast", t_off_bf16, t_off / t_off_bf16))
-    their_pred.set_image(image)
-    t_off_pred, _ = timed(
-        lambda: their_pred.predict(point_coords=point[:, ::-1], point_labels=np.array([1])),
-        max(5, args.repeats * 5),
-    )
+    # Interleaved: each repeat runs every variant once, so a change in the load
+    # of a shared machine affects all of them alike; the median is reported.
+    variants = {
+        "official set_image, float32": lambda: their_pred.set_image(image),
+        "official set_image, bfloat16 autocast": official_bf16,
+        "ours embed, exact float32": lambda: exact.embed(image),
+        f"ours embed, fast ({fast.precision})": lambda: fast.embed(image),
+    }
+    if args.skip_bf16:
+        del variants["official set_image, bfloat16 autocast"]
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn, 1)[0])
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    t_off = medians["official set_image, float32"]
+    rows = [(name, t, t_off / t) for name, t in medians.items()]
 
-    exact = Predictor(ours, precision="float32")
-    t_exact, emb = timed(lambda: exact.embed(image), args.repeats)
-    rows.append(("ours embed, exact float32", t_exact, t_off / t_exact))
-    fast = Predictor(ours, precision="auto")
-    t_fast, _ = timed(lambda: fast.embed(image), args.repeats)
-    rows.append((f"ours embed, fast ({fast.precision})", t_fast, t_off / t_fast))
-    t_pred, _ = timed(
-        lambda: exact.predict(emb, points=point, labels=[1]), max(5, args.repeats * 5)
-    )
+    if args.arch == "vit_b" and args.size == 1024:
+        rows += mobile_sam_rows(image, args.repeats, t_off)
+
+    their_pred.set_image(image)
+    emb = exact.embed(image)
+    n_pred = max(5, args.repeats * 5)
+    pred_times: dict[str, list[float]] = {"official": [], "ours": []}
+    for _ in range(n_pred):
+        pred_times["official"].append(timed(
+            lambda: their_pred.predict(point_coords=point[:, ::-1], point_labels=np.array([1])), 1
+        )[0])
+        pred_times["ours"].append(timed(lambda: exact.predict(emb, points=point, labels=[1]), 1)[0])
+    t_off_pred = statistics.median(pred_times["official"])
+    t_pred = statistics.median(pred_times["ours"])
 
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"model: {args.arch} (random weights), slice {args.size}x{args.size} uint8 RGB, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}, interleaved")
     print(f"import napari_sam: {import_time() * 1000:.0f} ms")
     print()
     print("| step | seconds | speed-up vs official float32 |")
