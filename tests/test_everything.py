@@ -368,6 +368,24 @@ def test_empty_or_constant_slice_gives_no_objects(image):
     assert oracle.embedded == 0
 
 
+@pytest.mark.parametrize(
+    ("values", "limits", "flat"),
+    [
+        ([np.nan, np.nan], (0, 1), True),
+        ([5.0, np.nan], (0, 10), False),  # NaN is shown as the low end
+        ([5.0, 7.0], (8, 10), True),  # both below the range
+        ([5.0, 7.0], (6, 10), False),
+        ([3.0, 3.0], (3, 3), True),
+    ],
+    ids=["nan", "nan-and-value", "below", "straddles", "empty-range"],
+)
+def test_is_flat(values, limits, flat):
+    from napari_sam.everything._core import is_flat
+
+    image = np.resize(np.asarray(values, np.float32), (16, 16))
+    assert is_flat(image, limits) is flat
+
+
 def test_slice_flattened_by_contrast_limits_gives_no_objects():
     lab = _disks_image()
     res = segment_everything(lab, predictor=_Oracle2D(), contrast_limits=(20, 30))
