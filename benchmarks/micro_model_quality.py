@@ -1,0 +1,181 @@
+"""Quality and speed of the bundled micro model on held-out synthetic data.
+
+Measures, for the weights shipped in ``napari_sam/weights/`` (or ``--weights``):
+
+* per validation set of :data:`napari_sam.training.validation.VALIDATION_SETS`
+  (held-out seeds and generator settings): mean IoU from one positive click at
+  each object's centre, from its tight box (multimask, best score) and from
+  the box with the single-mask output;
+* 3D Dice of propagation from one click per nucleus through held-out nuclei
+  stacks, when :mod:`napari_sam.propagation` is available;
+* embedding time of a 512x512 slice (median of several runs) with the torch
+  threads of this machine, and that it runs on ``skimage.data.cell()``.
+
+Run: ``python benchmarks/micro_model_quality.py [--json out.json] [--threads N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def load_predictor(weights: str | None):
+    from napari_sam.model.bundled import read_bundled_state_dict
+    from napari_sam.model.checkpoint import model_from_state_dict, read_state_dict
+    from napari_sam.predictor import Predictor
+
+    state = read_state_dict(weights) if weights else read_bundled_state_dict("micro")
+    model = model_from_state_dict(state)
+    return Predictor(model, device="cpu", precision="float32")
+
+
+def embedding_time(predictor, size: int = 512, repeats: int = 7) -> dict:
+    """Median seconds to embed a ``size x size`` uint16 slice."""
+    from napari_sam.synthetic import nuclei_2d
+
+    image, _ = nuclei_2d((size, size), seed=1234)
+    predictor.embed(image)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        predictor.embed(image)
+        times.append(time.perf_counter() - t0)
+    point = np.array([[size / 2, size / 2]])
+    emb = predictor.embed(image)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        predictor.predict(emb, points=point, labels=[1])
+    decode = (time.perf_counter() - t0) / 20
+    return {
+        "embed_median_s": float(np.median(times)),
+        "embed_min_s": float(np.min(times)),
+        "decode_one_prompt_s": decode,
+    }
+
+
+def cell_image_runs(predictor) -> dict:
+    """Clicks on skimage.data.cell() (no labels, so no quality number: it shows it runs).
+
+    One click on the bright cell (the centroid of the largest region above the
+    99th intensity percentile) and one on the empty background at the image centre.
+    """
+    from scipy import ndimage as ndi
+    from skimage import data
+
+    image = data.cell()
+    emb = predictor.embed(image)
+    bright, n = ndi.label(image > np.percentile(image, 99))
+    largest = 1 + int(np.argmax(ndi.sum_labels(np.ones_like(image), bright, range(1, n + 1))))
+    cell = np.array([ndi.center_of_mass(bright == largest)])
+    background = np.array([[image.shape[0] / 2, image.shape[1] / 2]])
+    out = {"shape": list(image.shape)}
+    for name, point in (("cell", cell), ("background", background)):
+        pred = predictor.predict(emb, points=point, labels=[1])
+        mask = pred.best_mask
+        rows, cols = np.nonzero(mask)
+        out[name] = {
+            "click_row_col": [round(float(v), 1) for v in point[0]],
+            "mask_pixels": int(mask.sum()),
+            "bbox": [int(rows.min()), int(cols.min()), int(rows.max()), int(cols.max())]
+            if mask.any()
+            else None,
+            "score": float(pred.scores[pred.best_index]),
+        }
+    return out
+
+
+def propagation_dice(predictor, seeds=(9801, 9802), log=print) -> dict | None:
+    """3D Dice of propagation from one click per nucleus through held-out nuclei stacks.
+
+    Each nucleus is clicked once (centre point, multimask, best score) on its
+    largest slice; the resulting 2D masks seed :func:`napari_sam.propagation.propagate`
+    (default prompt mode ``box+mask``) for all objects at once. Dice is per
+    object against its true 3D mask, averaged over objects.
+    """
+    try:
+        from napari_sam.propagation import propagate, stack_contrast_limits
+    except ModuleNotFoundError:
+        log("napari_sam.propagation is not available: propagation skipped")
+        return None
+    from napari_sam.synthetic import nuclei_stack
+    from napari_sam.training.validation import object_prompts
+
+    dices, dices_2d = [], []
+    for seed in seeds:
+        stack, labels = nuclei_stack((24, 192, 192), seed=seed)
+        limits = stack_contrast_limits(stack)
+        seeds_by_object = {}
+        embeddings = {}
+        for k in range(1, int(labels.max()) + 1):
+            obj = labels == k
+            areas = obj.sum((1, 2))
+            if areas.max() < 30:
+                continue
+            z = int(np.argmax(areas))  # the object's largest slice
+            if z not in embeddings:
+                embeddings[z] = predictor.embed(stack[z], contrast_limits=limits)
+            _, pts, _ = object_prompts(obj[z].astype(np.uint32), 1)
+            pred = predictor.predict(embeddings[z], points=pts[:1], labels=[1])
+            seeds_by_object[k] = {z: pred.best_mask}
+            inter2 = np.logical_and(pred.best_mask, obj[z]).sum()
+            dices_2d.append(2 * inter2 / max(1, pred.best_mask.sum() + obj[z].sum()))
+        result = propagate(stack, seeds_by_object, predictor, contrast_limits=limits)
+        out = np.asarray(result.mask_or_labels)
+        for k in seeds_by_object:
+            mask, obj = out == k, labels == k
+            dices.append(2 * np.logical_and(mask, obj).sum() / max(1, mask.sum() + obj.sum()))
+    return {
+        "dice_3d": float(np.mean(dices)),
+        "dice_3d_p10": float(np.percentile(dices, 10)),
+        "dice_2d_click": float(np.mean(dices_2d)),
+        "n_objects": len(dices),
+        "stacks": "nuclei_stack((24, 192, 192), seed) for seeds " + ", ".join(map(str, seeds)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", default=None, help="checkpoint (default: the bundled one)")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--sets", nargs="*", default=None, help="validation sets to run")
+    p.add_argument("--no-propagation", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from napari_sam.training.validation import VALIDATION_SETS, validation_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    predictor = load_predictor(args.weights)
+    results: dict = {"torch_threads": torch.get_num_threads()}
+    print(f"torch threads: {results['torch_threads']}")
+    t0 = time.perf_counter()
+    results["sets"] = validation_table(predictor, args.sets, log=print)
+    results["descriptions"] = {k: v.description for k, v in VALIDATION_SETS.items()}
+    print(f"validation took {time.perf_counter() - t0:.0f} s")
+    results["timing_512"] = embedding_time(predictor)
+    timing = results["timing_512"]
+    print(
+        f"512x512 slice: embed {timing['embed_median_s']:.3f} s (median), "
+        f"decode one prompt {timing['decode_one_prompt_s'] * 1000:.1f} ms"
+    )
+    results["skimage_cell"] = cell_image_runs(predictor)
+    print(f"skimage.data.cell(): {results['skimage_cell']}")
+    if not args.no_propagation:
+        results["propagation"] = propagation_dice(predictor)
+        if results["propagation"] is not None:
+            print(f"propagation: {results['propagation']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""The bundled micro model: integrity of the shipped weights, architecture, real quality."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam.model import bundled
+from napari_sam.model.checkpoint import CheckpointError, infer_config, model_from_state_dict
+from napari_sam.model.sam import SamConfig, build_sam
+
+#: Quality floors, a margin below the measured held-out numbers (docs/bundled_model.md).
+POINT_IOU_FLOOR = 0.75
+BOX_IOU_FLOOR = 0.80
+
+
+@pytest.fixture(scope="module")
+def micro_model():
+    return model_from_state_dict(bundled.read_bundled_state_dict("micro"))
+
+
+def test_micro_is_bundled_and_small():
+    assert bundled.is_bundled("micro")
+    assert not bundled.is_bundled("vit_b")
+    path = bundled.bundled_path("micro")
+    assert path.is_file()
+    assert path.stat().st_size <= 25_000_000
+
+
+def test_bundled_weights_load_strictly_with_weights_only(micro_model):
+    state = torch.load(bundled.bundled_path("micro"), map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    fresh = build_sam(infer_config(state))
+    fresh.load_state_dict(state, strict=True)
+    assert micro_model.config.encoder == "micro"
+    assert micro_model.config == fresh.config
+
+
+def test_training_record_ships_next_to_the_weights():
+    record = bundled.bundled_record("micro")
+    assert record["bundled_sha256"] == bundled.BUNDLED["micro"].sha256
+    assert "seed" in record["train_config"]
+    assert record["log"], "the training log is missing"
+    json.dumps(record)  # plain JSON
+
+
+def test_unknown_bundled_name_is_a_key_error():
+    with pytest.raises(KeyError, match="not bundled"):
+        bundled.read_bundled_state_dict("vit_b")
+
+
+def test_modified_weights_file_is_rejected(tmp_path):
+    copy = tmp_path / "micro_sam.pt"
+    shutil.copyfile(bundled.bundled_path("micro"), copy)
+    assert bundled.read_bundled_state_dict("micro", path=copy)  # intact copy loads
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip one byte in the middle
+    copy.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="modified or corrupt") as err:
+        bundled.read_bundled_state_dict("micro", path=copy)
+    assert str(copy) in str(err.value)
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(bundled, "weights_dir", lambda: tmp_path)
+    with pytest.raises(CheckpointError, match="missing") as err:
+        bundled.read_bundled_state_dict("micro")
+    assert "micro_sam.pt" in str(err.value)
+
+
+@pytest.mark.parametrize("patch_size", [4, 8, 16], ids=["stride4", "stride8", "stride16"])
+def test_encoder_output_shape_and_config_roundtrip(patch_size):
+    config = SamConfig(
+        encoder="micro",
+        encoder_options={"widths": (8, 16, 16, 32), "depths": (1, 1, 2, 1), "fpn_dim": 16,
+                         "attn_depth": 1, "attn_heads": 2},
+        img_size=64,
+        patch_size=patch_size,
+        prompt_embed_dim=32,
+        mask_in_chans=8,
+        decoder_heads=2,
+        decoder_mlp_dim=32,
+        iou_head_hidden_dim=16,
+    )
+    sam = build_sam(config)
+    out = sam.image_encoder(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 32, 64 // patch_size, 64 // patch_size)
+    assert infer_config(sam.state_dict()) == config
+
+
+def test_bundled_encoder_output_shape(micro_model):
+    cfg = micro_model.config
+    s = cfg.img_size
+    with torch.inference_mode():
+        out = micro_model.image_encoder(torch.zeros(1, 3, s, s))
+    assert out.shape == (1, cfg.prompt_embed_dim, s // cfg.patch_size, s // cfg.patch_size)
+    assert micro_model.prompt_encoder.mask_input_size == (
+        4 * s // cfg.patch_size, 4 * s // cfg.patch_size
+    )
+
+
+def test_segmentation_quality_on_held_out_nuclei(micro_model):
+    from napari_sam.predictor import Predictor
+    from napari_sam.synthetic import nuclei_2d
+    from napari_sam.training.validation import evaluate_image
+
+    predictor = Predictor(micro_model, device="cpu", precision="float32")
+    point, box = [], []
+    for seed in (424242, 434343):  # seeds used neither in training nor in validation
+        image, labels = nuclei_2d((256, 256), seed=seed)
+        res = evaluate_image(predictor, image, labels)
+        point += res["point"]
+        box += res["box"]
+    assert len(point) >= 20
+    assert np.mean(point) >= POINT_IOU_FLOOR, np.mean(point)
+    assert np.mean(box) >= BOX_IOU_FLOOR, np.mean(box)
+
+
+def test_interactive_correction_does_not_hurt(micro_model):
+    """A second, positive click in missed foreground keeps or improves the mask."""
+    from napari_sam.predictor import Predictor
+    from napari_sam.synthetic import nuclei_2d
+    from napari_sam.training.validation import iou, object_prompts
+
+    predictor = Predictor(micro_model, device="cpu", precision="float32")
+    image, labels = nuclei_2d((256, 256), seed=454545)
+    ids, points, _ = object_prompts(labels, 30)
+    emb = predictor.embed(image)
+    first, second = [], []
+    for k, p in zip(ids[:12], points[:12]):
+        gt = labels == k
+        pred = predictor.predict(emb, points=p[None], labels=[1])
+        first.append(iou(pred.best_mask, gt))
+        missed = np.argwhere(gt & ~pred.best_mask)
+        extra = missed[len(missed) // 2] if len(missed) else p
+        pred2 = predictor.predict(
+            emb,
+            points=np.stack([p, extra]),
+            labels=[1, 1],
+            mask=pred.logits[pred.best_index],
+            multimask=False,
+        )
+        second.append(iou(pred2.best_mask, gt))
+    assert np.mean(second) >= np.mean(first) - 0.02
