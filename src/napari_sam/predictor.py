@@ -154,7 +154,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: str | os.PathLike | Sam = "vit_b",
+        model: str | os.PathLike | Sam = "micro",
         device: str = "auto",
         precision: str = "auto",
     ) -> None:
@@ -413,7 +413,7 @@ def segment_slice(
     labels: np.ndarray | None = None,
     box: np.ndarray | None = None,
     *,
-    model: str | os.PathLike | Predictor = "vit_b",
+    model: str | os.PathLike | Predictor = "micro",
     contrast_limits: tuple[float, float] | None = None,
     multimask: bool = True,
 ) -> np.ndarray:

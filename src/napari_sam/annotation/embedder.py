@@ -53,7 +53,7 @@ class SliceEmbedder:
         start_worker: StartWorker,
         *,
         predictor: Any = None,
-        model: str = "vit_b",
+        model: str = "micro",
         device: str = "auto",
         precision: str = "auto",
         on_error: Callable[[str, BaseException], None] | None = None,

@@ -199,7 +199,7 @@ def make_predictor(model: str | os.PathLike, predictor):
 def segment_everything(
     image: np.ndarray,
     *,
-    model: str | os.PathLike = "vit_b",
+    model: str | os.PathLike = "micro",
     predictor=None,
     points_per_side: int = 32,
     points_per_batch: int = 64,

@@ -332,7 +332,7 @@ def _stack_limits(stack: Any, contrast_limits) -> tuple[float, float]:
 def segment_everything_stack(
     stack: Any,
     *,
-    model: str | os.PathLike = "vit_b",
+    model: str | os.PathLike = "micro",
     predictor=None,
     contrast_limits: tuple[float, float] | None = None,
     embeddings: Any = None,

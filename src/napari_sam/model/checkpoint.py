@@ -245,7 +245,7 @@ def _describe(config: SamConfig) -> str:
 
 
 def load_model(
-    name_or_path: str | os.PathLike = "vit_b",
+    name_or_path: str | os.PathLike = "micro",
     device: str | torch.device = "auto",
     *,
     progress: ProgressCallback | None = None,
