@@ -61,7 +61,7 @@ def _batched_nms(boxes, scores, idxs, iou_threshold):
 
 def _install_torchvision_standin() -> None:
     try:
-        import torchvision.ops  # noqa: F401
+        import torchvision.ops
         import torchvision.transforms.functional  # noqa: F401
 
         return
@@ -159,7 +159,7 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if not tensor.is_floating_point():
                 continue
             noise = torch.randn(tensor.shape, generator=gen)
-            if name.endswith("norm1.weight") or ".weight" in name and "norm" in name:
+            if name.endswith("norm1.weight") or (".weight" in name and "norm" in name):
                 tensor.copy_(1.0 + 0.1 * noise)
             else:
                 fan = tensor[0].numel() if tensor.ndim > 1 else 1
