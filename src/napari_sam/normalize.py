@@ -94,6 +94,30 @@ def stack_intensity_range(
     return intensity_range(np.concatenate(samples), percentiles)
 
 
+def check_contrast_limits(limits) -> tuple[float, float]:
+    """``limits`` as a float ``(low, high)``; ValueError unless finite with low <= high."""
+    low, high = (float(v) for v in limits)
+    if not (np.isfinite(low) and np.isfinite(high)) or high < low:
+        raise ValueError(
+            f"contrast_limits must be finite (low, high) with low <= high, got {limits!r}"
+        )
+    return low, high
+
+
+def stack_contrast_limits(
+    stack, contrast_limits: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """The one ``(low, high)`` used for every slice of ``stack``.
+
+    The given limits (checked), else ``(0, 255)`` for uint8 and ``(0, 1)`` for
+    bool (nothing read), else :func:`stack_intensity_range` (a bounded sample).
+    """
+    if contrast_limits is not None:
+        return check_contrast_limits(contrast_limits)
+    fixed = default_range(np.empty((0, 0), dtype=np.dtype(stack.dtype)))
+    return fixed if fixed is not None else stack_intensity_range(stack)
+
+
 def to_rgb_float(
     image: np.ndarray, contrast_limits: tuple[float, float] | None = None
 ) -> np.ndarray:
@@ -117,10 +141,9 @@ def to_rgb_float(
         data = data[..., None]
     channels = []
     for c in range(data.shape[2]):
-        low, high = limits if limits is not None else intensity_range(data[..., c])
-        low, high = float(low), float(high)
-        if not np.isfinite(low) or not np.isfinite(high) or high < low:
-            raise ValueError(f"contrast limits must be finite with low <= high, got {limits}")
+        low, high = check_contrast_limits(
+            limits if limits is not None else intensity_range(data[..., c])
+        )
         if high == low:
             warnings.warn(f"image is constant (value {low:g}): nothing to segment", stacklevel=3)
             channels.append(np.zeros(data.shape[:2], np.float32))

@@ -38,16 +38,10 @@ def resolve_contrast_limits(
     The given limits, else ``(0, 255)`` for uint8, ``(0, 1)`` for bool, else the
     robust percentile range of the slice (all channels together).
     """
-    from napari_sam.normalize import default_range, intensity_range
+    from napari_sam.normalize import check_contrast_limits, default_range, intensity_range
 
     if contrast_limits is not None:
-        low, high = (float(v) for v in contrast_limits)
-        if not (math.isfinite(low) and math.isfinite(high)) or high < low:
-            raise ValueError(
-                f"contrast_limits must be finite (low, high) with low <= high, got "
-                f"{contrast_limits!r}"
-            )
-        return (low, high)
+        return check_contrast_limits(contrast_limits)
     default = default_range(image)
     return default if default is not None else intensity_range(image)
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from napari_sam.everything._core import make_predictor, run_everything
 from napari_sam.everything._params import EverythingParams, ProgressCallback, check_cancel
+from napari_sam.normalize import stack_contrast_limits
 
 
 @dataclass(frozen=True)
@@ -310,25 +311,6 @@ def _check_stack(stack: Any) -> tuple[int, ...]:
     return shape
 
 
-def _stack_limits(stack: Any, contrast_limits) -> tuple[float, float]:
-    from napari_sam.normalize import stack_intensity_range
-
-    if contrast_limits is not None:
-        low, high = (float(v) for v in contrast_limits)
-        if not (np.isfinite(low) and np.isfinite(high)) or high < low:
-            raise ValueError(
-                f"contrast_limits must be finite (low, high) with low <= high, got "
-                f"{contrast_limits!r}"
-            )
-        return (low, high)
-    dtype = np.dtype(stack.dtype)
-    if dtype == np.uint8:
-        return (0.0, 255.0)
-    if dtype == np.bool_:
-        return (0.0, 1.0)
-    return stack_intensity_range(stack)
-
-
 def segment_everything_stack(
     stack: Any,
     *,
@@ -398,7 +380,7 @@ def segment_everything_stack(
     params = EverythingParams(**kwargs2d)
     predictor = make_predictor(model, predictor)
     check_cancel(cancel)
-    limits = _stack_limits(stack, contrast_limits)
+    limits = stack_contrast_limits(stack, contrast_limits)
     from napari_sam.normalize import validate_slice
 
     nz = shape[0]

@@ -7,6 +7,7 @@ The public entry points are :func:`propagate` (also ``napari_sam.propagate``) an
 
 from __future__ import annotations
 
+from napari_sam.normalize import stack_contrast_limits
 from napari_sam.propagation.api import propagate, propagate_iter
 from napari_sam.propagation.engine import (
     DEFAULT_IOU_THRESHOLD,
@@ -14,7 +15,6 @@ from napari_sam.propagation.engine import (
     DEFAULT_MIN_AREA,
     DEFAULT_PROMPT_MODE,
     DEFAULT_SCORE_THRESHOLD,
-    stack_contrast_limits,
 )
 from napari_sam.propagation.inputs import DIRECTIONS, SINGLE_OBJECT_ID
 from napari_sam.propagation.prompts import BENCHMARK_MODES, PROMPT_PARTS, parse_prompt_mode

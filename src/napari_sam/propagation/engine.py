@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_sam.normalize import stack_contrast_limits
 from napari_sam.propagation.inputs import (
     DIRECTIONS,
     StackInfo,
@@ -160,19 +161,6 @@ def keep_connected(mask: np.ndarray, reference: np.ndarray, margin: int) -> np.n
     out = np.zeros_like(mask)
     out[box] = np.isin(labelled, keep)
     return out
-
-
-def stack_contrast_limits(stack: Any) -> tuple[float, float]:
-    """The one intensity range used for every slice of ``stack`` when none is given.
-
-    ``(0, 255)`` for uint8 and ``(0, 1)`` for bool (the predictor's own
-    defaults, nothing read); otherwise
-    :func:`napari_sam.normalize.stack_intensity_range` (reads a bounded sample).
-    """
-    from napari_sam.normalize import default_range, stack_intensity_range
-
-    fixed = default_range(np.empty((0, 0), dtype=np.dtype(stack.dtype)))
-    return fixed if fixed is not None else stack_intensity_range(stack)
 
 
 def cancel_requested(cancel: Any) -> bool:

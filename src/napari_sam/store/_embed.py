@@ -23,20 +23,10 @@ ProgressCallback = Callable[[int, int], None]
 
 
 def default_contrast_limits(stack: Any) -> tuple[float, float]:
-    """One ``(low, high)`` for every slice of ``stack``.
+    """One ``(low, high)`` for every slice: :func:`napari_sam.normalize.stack_contrast_limits`."""
+    from napari_sam.normalize import stack_contrast_limits
 
-    ``(0, 255)`` for uint8, ``(0, 1)`` for bool, otherwise
-    :func:`napari_sam.normalize.stack_intensity_range` (robust percentiles of a
-    bounded sample of slices; never reads the whole stack).
-    """
-    dtype = np.dtype(stack.dtype)
-    if dtype == np.uint8:
-        return (0.0, 255.0)
-    if dtype == np.bool_:
-        return (0.0, 1.0)
-    from napari_sam.normalize import stack_intensity_range
-
-    return stack_intensity_range(stack)
+    return stack_contrast_limits(stack)
 
 
 def _check_stack(stack: Any, slice_axes: int) -> tuple[int, ...]:
