@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
-import types
 
 import torch
 from torch import nn
 
-from oracle import _install_torchvision_standin
+from oracle import _install_torchvision_standin, install_standin
 
 
 class _DropPath(nn.Module):
@@ -50,29 +48,16 @@ def _register_model(fn):
 
 
 def _install_timm_standin() -> None:
-    try:
-        import timm.models.layers
-        import timm.models.registry
-
-        return
-    except Exception:
-        for name in [m for m in sys.modules if m == "timm" or m.startswith("timm.")]:
-            del sys.modules[name]
-    timm = types.ModuleType("timm")
-    models = types.ModuleType("timm.models")
-    layers = types.ModuleType("timm.models.layers")
-    registry = types.ModuleType("timm.models.registry")
-    layers.DropPath = _DropPath
-    layers.to_2tuple = _to_2tuple
-    layers.trunc_normal_ = _trunc_normal_
-    registry.register_model = _register_model
-    timm.models, models.layers, models.registry = models, layers, registry
-    sys.modules.update(
+    install_standin(
         {
-            "timm": timm,
-            "timm.models": models,
-            "timm.models.layers": layers,
-            "timm.models.registry": registry,
+            "timm": {},
+            "timm.models": {},
+            "timm.models.layers": {
+                "DropPath": _DropPath,
+                "to_2tuple": _to_2tuple,
+                "trunc_normal_": _trunc_normal_,
+            },
+            "timm.models.registry": {"register_model": _register_model},
         }
     )
 

@@ -59,32 +59,44 @@ def _batched_nms(boxes, scores, idxs, iou_threshold):
     return _nms(boxes + offset[:, None], scores, iou_threshold)
 
 
-def _install_torchvision_standin() -> None:
-    try:
-        import torchvision.ops
-        import torchvision.transforms.functional  # noqa: F401
+def install_standin(modules: dict[str, dict[str, object]]) -> None:
+    """Put stand-in modules in ``sys.modules`` unless the real ones import.
 
+    ``modules`` maps dotted module names (parents before children, the first
+    being the package) to the attributes each stand-in gets; each child module
+    is also set as an attribute of its parent. A broken real package is purged
+    first.
+    """
+    root = next(iter(modules))
+    try:
+        for name in modules:
+            importlib.import_module(name)
         return
     except Exception:
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        for name in [m for m in sys.modules if m == root or m.startswith(root + ".")]:
             del sys.modules[name]
-    tv = types.ModuleType("torchvision")
-    transforms = types.ModuleType("torchvision.transforms")
-    functional = types.ModuleType("torchvision.transforms.functional")
-    functional.resize = _resize
-    functional.to_pil_image = _to_pil_image
-    ops = types.ModuleType("torchvision.ops")
-    boxes = types.ModuleType("torchvision.ops.boxes")
-    boxes.batched_nms = _batched_nms
-    boxes.box_area = _box_area
-    tv.transforms, transforms.functional, tv.ops, ops.boxes = transforms, functional, ops, boxes
-    sys.modules.update(
+    made: dict[str, types.ModuleType] = {}
+    for name, attrs in modules.items():
+        module = made[name] = types.ModuleType(name)
+        for key, value in attrs.items():
+            setattr(module, key, value)
+        parent, _, child = name.rpartition(".")
+        if parent in made:
+            setattr(made[parent], child, module)
+    sys.modules.update(made)
+
+
+def _install_torchvision_standin() -> None:
+    install_standin(
         {
-            "torchvision": tv,
-            "torchvision.transforms": transforms,
-            "torchvision.transforms.functional": functional,
-            "torchvision.ops": ops,
-            "torchvision.ops.boxes": boxes,
+            "torchvision": {},
+            "torchvision.transforms": {},
+            "torchvision.transforms.functional": {
+                "resize": _resize,
+                "to_pil_image": _to_pil_image,
+            },
+            "torchvision.ops": {},
+            "torchvision.ops.boxes": {"batched_nms": _batched_nms, "box_area": _box_area},
         }
     )
 
