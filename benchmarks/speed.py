@@ -7,6 +7,7 @@ printed ratios compare like with like on this machine.
 Usage::
 
     .venv/bin/python benchmarks/speed.py [--arch vit_b] [--repeats 3] [--markdown]
+    .venv/bin/python benchmarks/speed.py --predict-only --threads 1   # prompt-to-mask rows
 """
 
 from __future__ import annotations
@@ -64,6 +65,45 @@ def mobile_sam_rows(image: np.ndarray, repeats: int, t_ref: float) -> list:
     return rows
 
 
+def predict_rows(their_pred, ours: Predictor, image: np.ndarray, point: np.ndarray, n: int):
+    """Prompt-to-mask: one positive point, masks at the slice size, interleaved, median of n.
+
+    The official ``SamPredictor.predict`` returns its 3 masks at the slice size;
+    ours is timed getting the best mask (``best_mask``: only that one is
+    upscaled) and, separately, all 3 (``masks``). The last row is a first
+    prompt on an embedding, which also prepares the decoder's prompt-independent work.
+    """
+    their_pred.set_image(image)
+    emb = ours.embed(image)
+    label = np.array([1])
+
+    def first_prompt():
+        ours._prepared.clear()  # forget the prepared decoder of emb
+        return ours.predict(emb, points=point, labels=label).best_mask
+
+    variants = {
+        "official predict (1 point, 3 masks at slice size)": lambda: their_pred.predict(
+            point_coords=point[:, ::-1], point_labels=label
+        ),
+        "ours predict + best_mask (1 point, best mask at slice size)": lambda: ours.predict(
+            emb, points=point, labels=label
+        ).best_mask,
+        "ours predict + masks (1 point, 3 masks at slice size)": lambda: ours.predict(
+            emb, points=point, labels=label
+        ).masks,
+        "ours first prompt on an embedding (prepares the decoder), best_mask": first_prompt,
+    }
+    for fn in variants.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(n):
+        for name, fn in variants.items():
+            times[name].append(timed(fn, 1)[0])
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    t_ref = next(iter(medians.values()))
+    return [(name, t, t_ref / t) for name, t in medians.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="vit_b")
@@ -71,6 +111,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--skip-bf16", action="store_true", help="skip official bfloat16 run")
+    parser.add_argument(
+        "--predict-only", action="store_true", help="only the prompt-to-mask rows"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,6 +130,15 @@ def main() -> None:
 
     exact = Predictor(ours, precision="float32")
     fast = Predictor(ours, precision="auto")
+    int8 = Predictor(ours, precision="int8")
+    if args.predict_only:
+        print(f"{torch.get_num_threads()} torch threads, {args.arch} random weights, "
+              f"slice {args.size}x{args.size}, median of {max(5, args.repeats * 5)}, interleaved")
+        for name, t, ratio in predict_rows(
+            their_pred, exact, image, point, max(5, args.repeats * 5)
+        ):
+            print(f"| {name} | {t * 1000:.1f} ms | {ratio:.2f}x |")
+        return
 
     def official_bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -99,6 +151,7 @@ def main() -> None:
         "official set_image, bfloat16 autocast": official_bf16,
         "ours embed, exact float32": lambda: exact.embed(image),
         f"ours embed, fast ({fast.precision})": lambda: fast.embed(image),
+        "ours embed, int8 linear layers (precision='int8')": lambda: int8.embed(image),
     }
     if args.skip_bf16:
         del variants["official set_image, bfloat16 autocast"]
@@ -113,17 +166,7 @@ def main() -> None:
     if args.arch == "vit_b" and args.size == 1024:
         rows += mobile_sam_rows(image, args.repeats, t_off)
 
-    their_pred.set_image(image)
-    emb = exact.embed(image)
-    n_pred = max(5, args.repeats * 5)
-    pred_times: dict[str, list[float]] = {"official": [], "ours": []}
-    for _ in range(n_pred):
-        pred_times["official"].append(timed(
-            lambda: their_pred.predict(point_coords=point[:, ::-1], point_labels=np.array([1])), 1
-        )[0])
-        pred_times["ours"].append(timed(lambda: exact.predict(emb, points=point, labels=[1]), 1)[0])
-    t_off_pred = statistics.median(pred_times["official"])
-    t_pred = statistics.median(pred_times["ours"])
+    pred_rows = predict_rows(their_pred, exact, image, point, max(5, args.repeats * 5))
 
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
@@ -135,10 +178,8 @@ def main() -> None:
     print("|---|---|---|")
     for name, t, ratio in rows:
         print(f"| {name} | {t:.2f} | {ratio:.2f}x |")
-    label = "predict (1 point, 3 masks at slice size)"
-    print(f"| official {label} | {t_off_pred * 1000:.0f} ms | 1.00x |")
-    print(f"| ours {label} | {t_pred * 1000:.0f} ms | "
-          f"{t_off_pred / t_pred:.2f}x |")
+    for name, t, ratio in pred_rows:
+        print(f"| {name} | {t * 1000:.1f} ms | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ def test_precision_auto_is_exact_or_bfloat16(predictor):
     fast = Predictor(predictor.model, precision="auto")
     assert fast.precision in ("float32", "bfloat16")
     with pytest.raises(ValueError, match="precision must be"):
-        Predictor(predictor.model, precision="int8")
+        Predictor(predictor.model, precision="int4")
 
 
 def test_bfloat16_embedding_close_to_float32(predictor):

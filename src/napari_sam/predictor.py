@@ -20,24 +20,60 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from napari_sam.model.sam import Sam
+    from napari_sam.tiling import TiledEmbedding
 
 
-@dataclass(frozen=True)
 class Prediction:
     """Masks for one object (one prompt set).
+
+    Parameters
+    ----------
+    masks : ``(K, H, W)`` bool masks, or None when ``upscaler`` computes them
+    scores, logits : see Attributes
+    upscaler : callable ``indices -> (len(indices), H, W)`` bool masks at the
+        slice size; the masks are then computed on first access, and only the
+        ones accessed (:attr:`best_mask` and :meth:`mask` upscale one mask)
 
     Attributes
     ----------
     masks : ``(K, H, W)`` bool at the slice's own resolution (K = 3 with
-        ``multimask=True``, else 1), ordered as the model returns them
+        ``multimask=True``, else 1), ordered as the model returns them;
+        computed on first access (all K)
     scores : ``(K,)`` predicted IoU of each mask
     logits : ``(K, h, w)`` float32 low-res logits (256 x 256 for SAM), usable
         as the ``mask`` prompt of a later call
     """
 
-    masks: np.ndarray
-    scores: np.ndarray
-    logits: np.ndarray
+    __slots__ = ("_masks", "_one", "_upscaler", "logits", "scores")
+
+    def __init__(self, masks, scores, logits, *, upscaler=None) -> None:
+        if masks is None and upscaler is None:
+            raise ValueError("Prediction needs masks or an upscaler")
+        self._masks = masks
+        self._one: dict[int, np.ndarray] = {}
+        self._upscaler = upscaler
+        self.scores = scores
+        self.logits = logits
+
+    def __repr__(self) -> str:
+        return f"Prediction(scores={np.asarray(self.scores).tolist()})"
+
+    @property
+    def masks(self) -> np.ndarray:
+        """``(K, H, W)`` bool masks at the slice size (all K, upscaled on first access)."""
+        if self._masks is None:
+            k = len(self.scores)
+            self._masks = self._upscaler(list(range(k)))
+        return self._masks
+
+    def mask(self, index: int) -> np.ndarray:
+        """``(H, W)`` bool mask ``index`` at the slice size (only this one is upscaled)."""
+        if self._masks is not None:
+            return self._masks[index]
+        index = int(index) % len(self.scores)
+        if index not in self._one:
+            self._one[index] = self._upscaler([index])[0]
+        return self._one[index]
 
     @property
     def best_index(self) -> int:
@@ -47,7 +83,7 @@ class Prediction:
     @property
     def best_mask(self) -> np.ndarray:
         """``(H, W)`` bool mask with the highest predicted IoU."""
-        return self.masks[self.best_index]
+        return self.mask(self.best_index)
 
 
 @dataclass(frozen=True)
@@ -114,6 +150,12 @@ def cpu_supports_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def _check_tiling(tiling: str) -> str:
+    if tiling not in ("auto", "off"):
+        raise ValueError(f"tiling must be 'auto' or 'off', got {tiling!r}")
+    return tiling
+
+
 def _resolve_precision(precision: str, device) -> Any:
     import torch
 
@@ -121,9 +163,14 @@ def _resolve_precision(precision: str, device) -> Any:
         return None
     if precision in ("bfloat16", "float16"):
         return getattr(torch, precision)
+    if precision == "int8":
+        if device.type != "cpu":
+            raise ValueError(f"precision 'int8' is CPU only, the model is on {device.type}")
+        return "int8"  # not an autocast dtype: the encoder's linear layers are quantized
     if precision != "auto":
         raise ValueError(
-            f"precision must be 'auto', 'float32', 'bfloat16' or 'float16', got {precision!r}"
+            "precision must be 'auto', 'float32', 'bfloat16', 'float16' or 'int8', "
+            f"got {precision!r}"
         )
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -141,7 +188,16 @@ class Predictor:
     device : ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"`` (ignored for a loaded model)
     precision : image-encoder precision: ``"auto"`` (bfloat16 on CPUs with
         AVX512-BF16/AMX and on CUDA, else float32), ``"float32"`` (exact),
-        ``"bfloat16"`` or ``"float16"``. The decoder always runs in float32.
+        ``"bfloat16"``, ``"float16"``, or ``"int8"`` (CPU only: the encoder's
+        linear layers in int8, approximate, see docs/benchmarks.md). The decoder
+        always runs in float32.
+    tiling : ``"auto"`` (default): slices larger than the model input (by 1.5x
+        for inputs above 512 px, e.g. SAM's 1024) are embedded as overlapping
+        tiles at native resolution
+        (see :mod:`napari_sam.tiling`), so small objects in large slices are not
+        shrunk away; ``"off"``: always resize the whole slice to the model input.
+    tile_overlap : overlap of neighbouring tiles in pixels (default: a quarter
+        of the model input); objects up to this size always fit one tile.
 
     Examples
     --------
@@ -157,6 +213,8 @@ class Predictor:
         model: str | os.PathLike | Sam = "micro",
         device: str = "auto",
         precision: str = "auto",
+        tiling: str = "auto",
+        tile_overlap: int | None = None,
     ) -> None:
         import torch
 
@@ -170,10 +228,20 @@ class Predictor:
             self.model_name = os.fspath(model)
         self.device = self.model.device
         self._dense_pe = None  # positional encoding of the embedding grid: a model constant
+        # prompt-independent decoder work of the last few embeddings (see _prepared_decoder)
+        self._prepared: list = []
         self.autocast_dtype = _resolve_precision(precision, self.device)
         self.precision = "float32" if self.autocast_dtype is None else str(
             self.autocast_dtype
         ).removeprefix("torch.")
+        self._image_encoder = self.model.image_encoder
+        if self.autocast_dtype == "int8":
+            from napari_sam.model.quantize import quantize_image_encoder
+
+            self._image_encoder = quantize_image_encoder(self.model.image_encoder)
+            self.autocast_dtype = None
+        self.tiling = _check_tiling(tiling)
+        self.tile_overlap = tile_overlap
 
     @property
     def image_size(self) -> int:
@@ -201,9 +269,24 @@ class Predictor:
         x = self.model.preprocess(x.to(self.device))
         return x, (h, w), (th, tw)
 
+    def plan_tiles(self, shape: tuple[int, int], tiling: str | None = None):
+        """The :class:`~napari_sam.tiling.TileGrid` for a ``(H, W)`` slice, or None (no tiling)."""
+        from napari_sam.tiling import DEFAULT_TILE_THRESHOLD, plan_tiles
+
+        if _check_tiling(self.tiling if tiling is None else tiling) == "off":
+            return None
+        # a small-input model (the bundled micro) is cheap and loses small objects
+        # at any shrink; a 1024 px SAM is costly per tile and tolerates some
+        threshold = 1.0 if self.image_size <= 512 else DEFAULT_TILE_THRESHOLD
+        return plan_tiles(shape, self.image_size, overlap=self.tile_overlap, threshold=threshold)
+
     def embed(
-        self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None
-    ) -> Embedding:
+        self,
+        image: np.ndarray,
+        *,
+        contrast_limits: tuple[float, float] | None = None,
+        tiling: str | None = None,
+    ) -> Embedding | TiledEmbedding:
         """Compute the image embedding of one 2D slice.
 
         Parameters
@@ -213,22 +296,69 @@ class Predictor:
             for uint8, robust percentiles of the slice otherwise. Pass the same
             limits for every slice of a stack (see
             :func:`napari_sam.normalize.stack_intensity_range`).
+        tiling : override the predictor's ``tiling`` (``"auto"`` or ``"off"``) for this call
+
+        Returns
+        -------
+        An :class:`Embedding`, or for a slice larger than the model input
+        (with tiling on, see :meth:`plan_tiles`) a :class:`~napari_sam.tiling.TiledEmbedding` whose
+        tiles are embedded on first use; both decode with :meth:`predict`.
         """
         import torch
 
+        grid = self.plan_tiles(np.shape(image)[:2], tiling)
+        if grid is not None:
+            return self._embed_tiled(image, contrast_limits, grid)
         x, original, resized = self.preprocess(image, contrast_limits)
         with torch.inference_mode():
             if self.autocast_dtype is not None:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                    features = self.model.image_encoder(x)
+                    features = self._image_encoder(x)
             else:
-                features = self.model.image_encoder(x)
+                features = self._image_encoder(x)
         return Embedding(
             features=features.float(),
             original_size=original,
             input_size=resized,
             contrast_limits=None if contrast_limits is None else tuple(contrast_limits),
             metadata={"model": self.model_name, "precision": self.precision},
+        )
+
+    def _embed_tiled(self, image, contrast_limits, grid) -> TiledEmbedding:
+        from napari_sam.normalize import (
+            check_contrast_limits,
+            default_range,
+            intensity_range,
+            to_rgb_float,
+            validate_slice,
+        )
+        from napari_sam.tiling import TiledEmbedding
+
+        image = validate_slice(image)
+        # one intensity mapping for every tile, computed from the whole slice
+        if contrast_limits is not None:
+            limits = check_contrast_limits(contrast_limits)
+        else:
+            limits = default_range(image)
+        if limits is None and image.ndim == 2:
+            limits = intensity_range(image)
+        elif limits is None:  # several channels, each with its own percentiles
+            image, limits = to_rgb_float(image), (0.0, 255.0)
+
+        def embed_plain(part: np.ndarray) -> Embedding:
+            return self.embed(part, contrast_limits=limits, tiling="off")
+
+        return TiledEmbedding(
+            grid=grid,
+            original_size=tuple(int(v) for v in np.shape(image)[:2]),
+            contrast_limits=None if contrast_limits is None else tuple(contrast_limits),
+            image=image,
+            embed_fn=embed_plain,
+            metadata={
+                "model": self.model_name,
+                "precision": self.precision,
+                "tiling": {"tile": grid.tile, "overlap": grid.overlap, "n_tiles": len(grid)},
+            },
         )
 
     # ---------------------------------------------------------------- predict
@@ -356,6 +486,10 @@ class Predictor:
         if len(sizes) != 1:
             raise ValueError(f"points, boxes and masks must have the same batch size: {sizes}")
         (bsz,) = sizes
+        from napari_sam.tiling import TiledEmbedding, predict_tiled
+
+        if isinstance(embedding, TiledEmbedding):
+            return predict_tiled(self, embedding, points, labels, boxes, masks, multimask)
         dev = self.device
         pt = None
         if points is not None:
@@ -383,28 +517,125 @@ class Predictor:
             sparse, dense = self.model.prompt_encoder(pt, bx, mk)
             if self._dense_pe is None:
                 self._dense_pe = self.model.prompt_encoder.get_dense_pe()
-            logits, iou = self.model.mask_decoder(
-                embedding.features,
-                self._dense_pe,
-                sparse,
-                dense,
-                multimask,
-            )
-            full = self.upscale(embedding, logits) if upscale else logits
-        full_np = (full > self.model.mask_threshold).cpu().numpy()
+            # without a mask prompt, the image side of the decoder is the same for
+            # every prompt: decode with the work done once per embedding
+            prepared = None if mk is not None else self._prepared_decoder(embedding)
+            if prepared is not None:
+                out = prepared.transformer(sparse, (1, 2, 3) if multimask else (0,))
+                logits, iou = prepared.masks(out), out.iou
+            else:
+                logits, iou = self.model.mask_decoder(
+                    embedding.features,
+                    self._dense_pe,
+                    sparse,
+                    dense,
+                    multimask,
+                )
         logits_np = logits.float().cpu().numpy()
         iou_np = iou.float().cpu().numpy()
-        return [Prediction(full_np[i], iou_np[i], logits_np[i]) for i in range(bsz)]
+        if not upscale:
+            low_np = (logits > self.model.mask_threshold).cpu().numpy()
+            return [Prediction(low_np[i], iou_np[i], logits_np[i]) for i in range(bsz)]
+        # masks at the slice size are computed when accessed, and only those accessed
+        return [
+            Prediction(
+                None, iou_np[i], logits_np[i], upscaler=_MaskUpscaler(self, embedding, logits[i])
+            )
+            for i in range(bsz)
+        ]
+
+    def _prepared_decoder(self, embedding: Embedding):
+        """The :class:`~napari_sam.model.prepared_decoder.PreparedDecoder` of ``embedding``.
+
+        Kept for the last :attr:`prepared_cache_size` embeddings (by identity, through
+        a weak reference, so a dropped embedding is never matched); None when the
+        model's decoder does not have SAM's structure.
+        """
+        import weakref
+
+        import torch
+
+        from napari_sam.model.prepared_decoder import PreparedDecoder, supports_prepared_decoder
+
+        for ref, feats, prepared in self._prepared:
+            if ref() is embedding and feats is embedding.features:
+                return prepared
+        dec = self.model.mask_decoder
+        if not supports_prepared_decoder(dec):
+            return None
+        if self._dense_pe is None:
+            with torch.inference_mode():
+                self._dense_pe = self.model.prompt_encoder.get_dense_pe()
+        try:
+            ref = weakref.ref(embedding)
+        except TypeError:
+            ref = None
+        # the no-mask dense embedding: one (C,) vector broadcast over the grid
+        no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(-1)
+        shared = self._prepared[-1][2] if self._prepared else None
+        try:
+            prepared = PreparedDecoder(
+                dec, embedding.features, self._dense_pe, no_mask, positional=shared
+            )
+        except ValueError:
+            return None
+        if ref is not None:
+            self._prepared = [*self._prepared[-(self.prepared_cache_size - 1) :], (
+                ref, embedding.features, prepared
+            )]
+        return prepared
+
+    #: How many embeddings keep their prepared decoder (each about 2.5x the embedding's memory).
+    prepared_cache_size = 2
 
     def upscale(self, embedding: Embedding, logits: torch.Tensor) -> torch.Tensor:
-        """Low-res logits ``(..., h, w)`` -> logits at the slice size ``(..., H, W)``."""
+        """Low-res logits ``(..., h, w)`` -> logits at the slice size ``(..., H, W)``.
+
+        SAM's postprocessing (bilinear to the padded model input, crop to the
+        resized slice, bilinear to the slice size), with the first step
+        evaluated only on the low-res rows and columns the crop reads (the same
+        values, fewer pixels for non-square slices).
+        """
         import torch
+        import torch.nn.functional as F
 
         t = torch.as_tensor(logits, device=self.device, dtype=torch.float32)
         lead = t.shape[:-2]
         t = t.reshape(-1, 1, *t.shape[-2:])
-        out = self.model.postprocess_masks(t, embedding.input_size, embedding.original_size)
+        s = self.image_size
+        (ih, iw), (oh, ow) = embedding.input_size, embedding.original_size
+        lh, lw = t.shape[-2:]
+        if s % lh or s % lw:  # not an integer scale: SAM's postprocessing as is
+            out = self.model.postprocess_masks(t, embedding.input_size, embedding.original_size)
+            return out.reshape(*lead, *out.shape[-2:])
+        fy, fx = s // lh, s // lw
+        # output rows y < ih read low-res rows up to floor((y + 0.5) / fy - 0.5) + 1 <= nh - 1,
+        # never the last row of the block, so the block's border clamping changes nothing
+        nh, nw = min(lh, -(-ih // fy) + 1), min(lw, -(-iw // fx) + 1)
+        out = F.interpolate(
+            t[..., :nh, :nw], (nh * fy, nw * fx), mode="bilinear", align_corners=False
+        )[..., :ih, :iw]
+        if (ih, iw) != (oh, ow):
+            out = F.interpolate(out, (oh, ow), mode="bilinear", align_corners=False)
         return out.reshape(*lead, *out.shape[-2:])
+
+
+class _MaskUpscaler:
+    """Masks at the slice size from one prediction's low-res logits, on demand."""
+
+    __slots__ = ("embedding", "logits", "predictor")
+
+    def __init__(self, predictor: Predictor, embedding: Embedding, logits) -> None:
+        self.predictor = predictor
+        self.embedding = embedding
+        self.logits = logits  # (K, h, w) torch
+
+    def __call__(self, indices) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            full = self.predictor.upscale(self.embedding, self.logits[list(indices)])
+            return (full > self.predictor.model.mask_threshold).cpu().numpy()
 
 
 def segment_slice(

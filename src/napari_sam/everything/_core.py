@@ -28,6 +28,7 @@ from napari_sam.everything._resolve import (
     mask_dedup,
     resolve_overlaps,
 )
+from napari_sam.tiling import embed_untiled
 
 
 def resolve_contrast_limits(
@@ -132,7 +133,7 @@ def _decode_crop(
     check_cancel(cancel)
     if embedding is None:
         t0 = time.perf_counter()
-        embedding = predictor.embed(image[r0:r1, c0:c1], contrast_limits=limits)
+        embedding = embed_untiled(predictor, image[r0:r1, c0:c1], limits)
         timings["embed"] += time.perf_counter() - t0
     step()
     n = max(1, params.points_per_side // (params.crop_points_downscale**layer))

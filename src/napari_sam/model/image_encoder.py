@@ -4,10 +4,13 @@ relative positions, then a convolutional neck to a 256-channel embedding.
 Parameter names follow the official checkpoints (``patch_embed.proj``,
 ``pos_embed``, ``blocks.N.attn.rel_pos_h`` ...), so they load with ``strict=True``.
 
-Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`.
-The relative-position bias ``B[i, j] = Rh[i, h(j)] + Rw[i, w(j)]`` is built for a
-block of query rows at a time and passed as the attention mask, so the full
-``N x N`` score matrix of the global-attention blocks is never materialized.
+Attention with the decomposed relative-position bias
+``B[i, j] = Rh[i, h(j)] + Rw[i, w(j)]`` runs in chunks of query rows
+(:func:`decomposed_attention`): each chunk's bias, scores and softmax live in one
+reused cache-sized buffer, so the full ``N x N`` score matrix of the
+global-attention blocks is never materialized and nothing is copied per chunk.
+Windowed blocks run their per-token layers (``qkv``, ``proj``) on the real tokens
+only, not on the windows' zero padding.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from napari_sam.model.common import LayerNorm2d, MLPBlock
 if TYPE_CHECKING:  # pragma: no cover
     from napari_sam.model.sam import SamConfig
 
-#: Upper bound on the number of bias elements built at once per attention call.
-_BIAS_CHUNK_ELEMENTS = 1 << 25
+#: Upper bound on the number of attention scores held at once (16 MB in float32):
+#: small enough for the scores of a chunk to stay in cache between the bias,
+#: matmul, softmax and matmul that use them.
+_SCORE_CHUNK_ELEMENTS = 1 << 22
 
 
 class PatchEmbed(nn.Module):
@@ -57,6 +62,63 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
     return rel_pos[offsets.long()]
 
 
+def decomposed_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias_h: torch.Tensor,
+    bias_w: torch.Tensor,
+    scale: float,
+    max_elements: int | None = None,
+) -> torch.Tensor:
+    """Softmax attention with a decomposed relative-position bias, in chunks.
+
+    Computes ``softmax(scale * q @ k.T + B) @ v`` with
+    ``B[i, j] = bias_h[i, h(j)] + bias_w[i, w(j)]`` for keys on an ``h x w`` grid,
+    exactly as SAM's reference does but without materializing more than
+    ``max_elements`` scores at once: each chunk's bias, scores and softmax are
+    written into one reused buffer, so they stay in cache, and the inputs are
+    never copied.
+
+    Parameters
+    ----------
+    q, k, v : ``(B, n, c)`` queries, keys and values, ``n = h * w``
+    bias_h : ``(B, h, w, h)``, the bias of query ``(i_h, i_w)`` for key row ``j_h``
+    bias_w : ``(B, h, w, w)``, the bias of query ``(i_h, i_w)`` for key column ``j_w``
+    scale : factor of ``q @ k.T`` (not of the bias)
+    max_elements : upper bound on the scores held at once
+        (default :data:`_SCORE_CHUNK_ELEMENTS`)
+
+    Returns
+    -------
+    ``(B, n, c_v)`` attention output (contiguous)
+    """
+    if max_elements is None:
+        max_elements = _SCORE_CHUNK_ELEMENTS
+    batch, n, _ = q.shape
+    _, h, w, _ = bias_h.shape
+    out = torch.empty(batch, n, v.shape[-1], dtype=v.dtype, device=v.device)
+    q_scaled = q * scale
+    k_t = k.transpose(1, 2)
+    per_batch = max(1, min(batch, max_elements // (n * n)))
+    rows = h if per_batch > 1 else max(1, min(h, max_elements // (w * n)))
+    buffer = torch.empty(per_batch * rows * w * n, dtype=q.dtype, device=q.device)
+    for b0 in range(0, batch, per_batch):
+        b1 = min(batch, b0 + per_batch)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            scores = buffer[: (b1 - b0) * (r1 - r0) * w * n].view(b1 - b0, (r1 - r0) * w, n)
+            torch.add(
+                bias_h[b0:b1, r0:r1, :, :, None],
+                bias_w[b0:b1, r0:r1, :, None, :],
+                out=scores.view(b1 - b0, r1 - r0, w, h, w),
+            )
+            scores.baddbmm_(q_scaled[b0:b1, r0 * w : r1 * w], k_t[b0:b1])
+            torch.softmax(scores, -1, out=scores)
+            torch.bmm(scores, v[b0:b1], out=out[b0:b1, r0 * w : r1 * w])
+    return out
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over a ``(B, H, W, C)`` token grid."""
 
@@ -83,37 +145,30 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
-        n = h * w
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        if not self.use_rel_pos:
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        else:
-            out = self._attend_with_rel_pos(q, k, v, h, w)
-        out = out.transpose(1, 2).reshape(b, h, w, -1)
-        return self.proj(out)
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        out = self.attend(qkv, h, w)  # (B, heads, h * w, head_dim)
+        return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
 
-    def _attend_with_rel_pos(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: int, w: int
-    ) -> torch.Tensor:
-        b, heads, n, c = q.shape
+    def attend(self, qkv: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Attention of ``qkv`` ``(3, B, heads, h * w, head_dim)`` (any strides).
+
+        Returns the heads' outputs, ``(B, heads, h * w, head_dim)``, before ``proj``.
+        """
+        _, b, heads, n, c = qkv.shape
+        q, k, v = qkv.reshape(3, b * heads, n, c).unbind(0)  # one copy, then contiguous
+        if not self.use_rel_pos:
+            # 4D: the fused kernels need a heads axis (3D inputs take the slow path)
+            qkv4 = (t.view(b, heads, n, c) for t in (q, k, v))
+            return F.scaled_dot_product_attention(*qkv4, scale=self.scale)
         table_h = relative_position_table(h, h, self.rel_pos_h).to(q.dtype)  # (h, h, c)
         table_w = relative_position_table(w, w, self.rel_pos_w).to(q.dtype)  # (w, w, c)
-        q_grid = q.reshape(b, heads, h, w, c)
-        # bias_h[.., i_h, i_w, j_h] = q[i] . Rh[i_h - j_h]; likewise bias_w over j_w.
-        bias_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, table_h)
-        bias_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, table_w)
-        rows_per_chunk = max(1, _BIAS_CHUNK_ELEMENTS // max(1, b * heads * w * n))
-        outputs = []
-        for r0 in range(0, h, rows_per_chunk):
-            r1 = min(h, r0 + rows_per_chunk)
-            bias = bias_h[:, :, r0:r1, :, :, None] + bias_w[:, :, r0:r1, :, None, :]
-            bias = bias.reshape(b, heads, (r1 - r0) * w, n)
-            q_chunk = q[:, :, r0 * w : r1 * w]
-            outputs.append(
-                F.scaled_dot_product_attention(q_chunk, k, v, attn_mask=bias, scale=self.scale)
-            )
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+        q_grid = q.view(b * heads, h, w, c)
+        # bias_h[., i_h, i_w, j_h] = q[i] . Rh[i_h - j_h]; likewise bias_w over j_w.
+        bias_h = torch.einsum("bhwc,hkc->bhwk", q_grid, table_h)
+        bias_w = torch.einsum("bhwc,wkc->bhwk", q_grid, table_w)
+        with torch.autocast(q.device.type, enabled=False):
+            out = decomposed_attention(q, k, v, bias_h.to(q.dtype), bias_w.to(q.dtype), self.scale)
+        return out.view(b, heads, n, c)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -142,7 +197,13 @@ def window_unpartition(
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; windowed attention when ``window_size > 0``."""
+    """Pre-norm transformer block; windowed attention when ``window_size > 0``.
+
+    Windowed blocks compute the same thing as SAM's reference (zero-padded
+    windows), but only for the real tokens where the operation is per token:
+    ``qkv`` runs on the unpadded grid and the padding gets ``qkv``'s value for a
+    zero token (its bias), and ``proj`` runs after the padding is cropped away.
+    """
 
     def __init__(
         self,
@@ -166,17 +227,32 @@ class Block(nn.Module):
         self.window_size = window_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        x = self.norm1(x)
         if self.window_size > 0:
-            h, w = x.shape[1], x.shape[2]
-            x, padded = window_partition(x, self.window_size)
-            x = self.attn(x)
-            x = window_unpartition(x, self.window_size, padded, (h, w))
+            x = x + self._windowed_attention(self.norm1(x))
         else:
-            x = self.attn(x)
-        x = shortcut + x
+            x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
+
+    def _windowed_attention(self, x: torch.Tensor) -> torch.Tensor:
+        attn, ws = self.attn, self.window_size
+        b, h, w, _ = x.shape
+        qkv = attn.qkv(x)  # (B, h, w, 3C)
+        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+        if (hp, wp) != (h, w):
+            # the windows' zero padding: qkv of a zero token (the layer's bias)
+            fill = attn.qkv(x.new_zeros(1, x.shape[-1]))[0]
+            padded = fill.expand(b, hp, wp, qkv.shape[-1]).clone()
+            padded[:, :h, :w] = qkv
+            qkv = padded
+        heads = attn.num_heads
+        nh, nw = hp // ws, wp // ws
+        # (B, nh, ws, nw, ws, 3, heads, c) -> (3, B * nh * nw, heads, ws * ws, c)
+        qkv = qkv.view(b, nh, ws, nw, ws, 3, heads, -1).permute(5, 0, 1, 3, 6, 2, 4, 7)
+        qkv = qkv.reshape(3, b * nh * nw, heads, ws * ws, -1)
+        out = attn.attend(qkv, ws, ws)  # (B * nh * nw, heads, ws * ws, c)
+        out = out.view(b, nh, nw, heads, ws, ws, -1).permute(0, 1, 4, 2, 5, 3, 6)
+        out = out.reshape(b, hp, wp, -1)[:, :h, :w]
+        return attn.proj(out)
 
 
 class ImageEncoderViT(nn.Module):

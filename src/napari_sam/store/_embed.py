@@ -17,6 +17,7 @@ from napari_sam.store._metadata import (
     predictor_identity,
 )
 from napari_sam.store._zarr import EmbeddingStore, done_value
+from napari_sam.tiling import embed_untiled
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(slices_done, slices_total)``."""
@@ -106,7 +107,7 @@ def describe_stack(
     elif probe:
         index = next(slice_indices(shape, slice_axes))
         image = read_slice(stack, index)
-        emb = predictor.embed(image, contrast_limits=contrast_limits)
+        emb = embed_untiled(predictor, image, contrast_limits)
         features = np.asarray(
             emb.features.detach().float().cpu().numpy()
             if hasattr(emb.features, "detach")
@@ -225,7 +226,7 @@ def iter_embed(
         if store.has(index):  # done meanwhile by another process
             continue
         image = read_slice(stack, index)
-        emb = predictor.embed(image, contrast_limits=limits)
+        emb = embed_untiled(predictor, image, limits)
         store.check_embedding(emb)
         store.write(index, emb.features, image_digest=slice_digest(image))
         done += 1

@@ -38,6 +38,7 @@ from napari_sam.store._metadata import (
     StoreWriteError,
     predictor_identity,
 )
+from napari_sam.tiling import embed_untiled
 
 #: Key of the metadata in the zarr group's attributes.
 ATTRS_KEY = "napari_sam_embeddings"
@@ -665,7 +666,7 @@ class EmbeddingStore:
                     [f"image: slice {idx} differs from the slice its stored embedding came from"],
                 )
             return self.get(idx, device=getattr(predictor, "device", None))
-        emb = predictor.embed(image, contrast_limits=self.metadata.contrast_limits)
+        emb = embed_untiled(predictor, image, self.metadata.contrast_limits)
         self.check_embedding(emb)
         try:
             self.write(idx, emb.features, image_digest=digest)
