@@ -24,26 +24,34 @@ import numpy as np
 
 
 def load_predictor(weights: str | None):
-    from napari_sam.model.bundled import read_bundled_state_dict
     from napari_sam.model.checkpoint import model_from_state_dict, read_state_dict
     from napari_sam.predictor import Predictor
 
-    state = read_state_dict(weights) if weights else read_bundled_state_dict("micro")
-    model = model_from_state_dict(state)
-    return Predictor(model, device="cpu", precision="float32")
+    if not weights:  # by name, so the registry's recommended propagation options apply
+        return Predictor("micro", device="cpu", precision="float32")
+    return Predictor(model_from_state_dict(read_state_dict(weights)), device="cpu",
+                     precision="float32")
 
 
 def embedding_time(predictor, size: int = 512, repeats: int = 7) -> dict:
-    """Median seconds to embed a ``size x size`` uint16 slice."""
+    """Median seconds to embed a ``size x size`` uint16 slice: all its tiles, and resized whole."""
     from napari_sam.synthetic import nuclei_2d
 
     image, _ = nuclei_2d((size, size), seed=1234)
-    predictor.embed(image)  # warm-up
-    times = []
+
+    def full_embed(tiling: str):
+        emb = predictor.embed(image, tiling=tiling)
+        return emb.compute() if hasattr(emb, "compute") else emb  # every tile, not lazily
+
+    full_embed("auto")  # warm-up
+    times, untiled = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        predictor.embed(image)
+        full_embed("auto")
         times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        full_embed("off")
+        untiled.append(time.perf_counter() - t0)
     point = np.array([[size / 2, size / 2]])
     emb = predictor.embed(image)
     t0 = time.perf_counter()
@@ -53,6 +61,8 @@ def embedding_time(predictor, size: int = 512, repeats: int = 7) -> dict:
     return {
         "embed_median_s": float(np.median(times)),
         "embed_min_s": float(np.min(times)),
+        "embed_untiled_median_s": float(np.median(untiled)),
+        "n_tiles": getattr(predictor.embed(image), "n_tiles", 1),
         "decode_one_prompt_s": decode,
     }
 
@@ -88,13 +98,14 @@ def cell_image_runs(predictor) -> dict:
     return out
 
 
-def propagation_dice(predictor, seeds=(9801, 9802), log=print) -> dict | None:
+def propagation_dice(predictor, seeds=(9801, 9802), log=print, **options) -> dict | None:
     """3D Dice of propagation from one click per nucleus through held-out nuclei stacks.
 
     Each nucleus is clicked once (centre point, multimask, best score) on its
     largest slice; the resulting 2D masks seed :func:`napari_sam.propagation.propagate`
-    (default prompt mode ``box+mask``) for all objects at once. Dice is per
-    object against its true 3D mask, averaged over objects.
+    for all objects at once, with ``options`` (default: the model's
+    recommended options from the registry). Dice is per object against its
+    true 3D mask, averaged over objects.
     """
     try:
         from napari_sam.propagation import propagate, stack_contrast_limits
@@ -123,7 +134,10 @@ def propagation_dice(predictor, seeds=(9801, 9802), log=print) -> dict | None:
             seeds_by_object[k] = {z: pred.best_mask}
             inter2 = np.logical_and(pred.best_mask, obj[z]).sum()
             dices_2d.append(2 * inter2 / max(1, pred.best_mask.sum() + obj[z].sum()))
-        result = propagate(stack, seeds_by_object, predictor, contrast_limits=limits)
+        result = propagate(
+            stack, seeds_by_object, predictor, contrast_limits=limits, embeddings=embeddings,
+            **options,
+        )
         out = np.asarray(result.mask_or_labels)
         for k in seeds_by_object:
             mask, obj = out == k, labels == k
@@ -162,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     results["timing_512"] = embedding_time(predictor)
     timing = results["timing_512"]
     print(
-        f"512x512 slice: embed {timing['embed_median_s']:.3f} s (median), "
+        f"512x512 slice: embed {timing['embed_median_s']:.3f} s (median, "
+        f"{timing['n_tiles']} tiles), resized whole {timing['embed_untiled_median_s']:.3f} s, "
         f"decode one prompt {timing['decode_one_prompt_s'] * 1000:.1f} ms"
     )
     results["skimage_cell"] = cell_image_runs(predictor)
@@ -170,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_propagation:
         results["propagation"] = propagation_dice(predictor)
         if results["propagation"] is not None:
-            print(f"propagation: {results['propagation']}")
+            print(f"propagation (model's recommended options): {results['propagation']}")
+            generic = {"prompt_mode": "box+mask", "fade_threshold": 0.0}
+            results["propagation_generic"] = propagation_dice(predictor, **generic)
+            print(f"propagation {generic}: {results['propagation_generic']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

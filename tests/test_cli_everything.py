@@ -137,3 +137,36 @@ def test_slice_of_a_2d_image_is_an_error(tmp_path, oracle, capsys):
     code = main(["everything", str(src), "--out", str(tmp_path / "o.tif"), "--slice", "0"])
     assert code == 2
     assert "--slice needs a stack" in capsys.readouterr().err
+
+
+class _TilingOracle(_Oracle):
+    """The oracle with ``plan_tiles``: 32 px tiles, as the Predictor plans them."""
+
+    def __init__(self):
+        super().__init__()
+        self.tiling_args = []
+
+    def plan_tiles(self, shape):
+        from napari_sam.tiling import plan_tiles
+
+        return plan_tiles(shape, 32, threshold=1.0)
+
+    def embed(self, image, *, contrast_limits=None, tiling="auto"):
+        self.tiling_args.append(tiling)
+        return super().embed(image, contrast_limits=contrast_limits)
+
+
+@pytest.mark.parametrize(("option", "embeds"), [("auto", 1 + 4), ("off", 1)])
+def test_tiling_option(tmp_path, monkeypatch, option, embeds):
+    import napari_sam.cli.everything as cli
+
+    made = []
+    monkeypatch.setattr(cli, "make_predictor", lambda *a: made.append(_TilingOracle()) or made[0])
+    lab = _stack()[0]
+    src = tmp_path / "image.tif"
+    tifffile.imwrite(src, lab)
+    out = tmp_path / "labels.tif"
+    assert _run(src, "--out", out, "--contrast-limits", 0, 10, "--tiling", option) == 0
+    labels, _ = read_labels_tiff(out)
+    assert _same_partition(labels, lab)
+    assert made[0].embedded == embeds and set(made[0].tiling_args) == {"off"}

@@ -369,6 +369,11 @@ def test_zarr_stack_reads_only_touched_slices():
     )
     assert _extent(result.mask_or_labels) == (8, 13)
     assert sorted(counted.reads) == [7, 8, 9, 11, 12, 13, 14]
+    # the "faded" rule also reads the seed slice (once) for its reference contrast
+    counted.reads.clear()
+    propagate(counted, {10: labels[10] == 1}, OraclePredictor(labels, image),
+              contrast_limits=(0, 300), fade_threshold=0.1)
+    assert sorted(counted.reads) == [7, 8, 9, 10, 11, 12, 13, 14]
 
 
 def test_default_contrast_limits_computed_once(ellipsoid, monkeypatch):
@@ -603,6 +608,7 @@ def test_real_model_end_to_end():
         iou_threshold=0.0,
         max_growth=1e9,
         min_area=1,
+        fade_threshold=0.0,
     )
     assert result.mask_or_labels is out and out.shape == (5, 64, 64)
     assert set(np.unique(out)) <= {0, 2}
@@ -642,3 +648,85 @@ def test_far_fragments_are_dropped():
     image = _image(labels)
     result = propagate(image, {10: labels[10] == 1}, _Fragments(labels, image))
     np.testing.assert_array_equal(result.mask_or_labels, labels == 1)
+
+
+class _EchoPredictor:
+    """Returns the mask prompt as the prediction: never stops by itself (for the fade rule)."""
+
+    def embed(self, image, *, contrast_limits=None):
+        return np.asarray(image).shape[:2]
+
+    def predict(self, emb, points=None, labels=None, box=None, mask=None, multimask=True):
+        from napari_sam.predictor import Prediction
+
+        m = np.asarray(mask, bool)[None]
+        return Prediction(m, np.ones(1, np.float32), m.astype(np.float32))
+
+
+def _fading_disc():
+    """A disc on slices 4..8 at full contrast, then fading: 0.6, 0.35, 0.1 beyond each end."""
+    y, x = np.mgrid[:48, :48]
+    disc = (y - 24) ** 2 + (x - 24) ** 2 <= 8**2
+    level = np.zeros(13)
+    level[4:9] = 1.0
+    level[[3, 9]], level[[2, 10]], level[[1, 11]] = 0.6, 0.35, 0.1
+    image = 100 + 1000 * level[:, None, None] * disc
+    return image.astype(np.uint16), disc
+
+
+@pytest.mark.parametrize(("threshold", "extent"), [(0.4, (3, 9)), (0.5, (3, 9)), (0.7, (4, 8))])
+def test_fade_rule_stops_where_the_contrast_fades(threshold, extent):
+    image, disc = _fading_disc()
+    result = propagate(image, {6: disc}, _EchoPredictor(), fade_threshold=threshold)
+    assert _extent(result.mask_or_labels) == extent
+    faded = sorted(r.z for r in result.records if r.status == "faded")
+    assert faded == [extent[0] - 1, extent[1] + 1]
+
+
+def test_fade_rule_off_and_dark_objects():
+    image, disc = _fading_disc()
+    result = propagate(image, {6: disc}, _EchoPredictor(), fade_threshold=0)
+    assert _extent(result.mask_or_labels) == (0, 12)  # nothing else stops the echo
+    dark = (2000 - image.astype(np.int32)).astype(np.uint16)  # dark disc on a bright background
+    result = propagate(dark, {6: disc}, _EchoPredictor(), fade_threshold=0.4)
+    assert _extent(result.mask_or_labels) == (3, 9)
+    result = propagate(image, {6: disc}, _EchoPredictor())  # generic default: off
+    assert _extent(result.mask_or_labels) == (0, 12)
+
+
+def test_registry_recommends_propagation_options_per_model():
+    from napari_sam.model.registry import recommended_propagation
+    from napari_sam.propagation.engine import Engine
+
+    image, disc = _fading_disc()
+    echo = _EchoPredictor()
+    echo.model_name = "micro"
+    assert recommended_propagation("micro") == {"prompt_mode": "box+mask+neg",
+                                                "fade_threshold": 0.4}
+    assert recommended_propagation("vit_b") == {} == recommended_propagation("/a/path.pt")
+    engine = Engine.create(image, {6: disc}, echo)
+    assert engine.options.fade_threshold == 0.4
+    assert engine.options.prompts.parts == parse_prompt_mode("box+mask+neg")
+    engine = Engine.create(image, {6: disc}, echo, prompt_mode="box", fade_threshold=0)
+    assert engine.options.fade_threshold == 0.0  # the caller's choice wins
+    assert _extent(propagate(image, {6: disc}, echo).mask_or_labels) == (3, 9)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, "0.4", [0.4]])
+def test_fade_threshold_is_checked(bad):
+    image, disc = _fading_disc()
+    with pytest.raises(ValueError, match="fade_threshold"):
+        propagate(image, {6: disc}, _EchoPredictor(), fade_threshold=bad)
+
+
+def test_object_contrast_ignores_a_touching_neighbour():
+    from napari_sam.propagation.fade import object_contrast
+
+    plane = np.full((40, 40), 10.0)
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 10:20] = True
+    plane[mask] = 110.0
+    assert object_contrast(plane, mask) == pytest.approx(100.0)
+    plane[10:20, 20:30] = 500.0  # a bright neighbour on one side of the ring
+    assert object_contrast(plane, mask) == pytest.approx(100.0)
+    assert np.isnan(object_contrast(plane, np.zeros_like(mask)))

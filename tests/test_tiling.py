@@ -83,12 +83,13 @@ class _ThresholdPredictor:
     stitched tile masks can be compared with the answer on the whole slice.
     """
 
-    def __init__(self):
+    def __init__(self, tile_score: float = 1.0):
         self.embedded: list[tuple[int, int]] = []
+        self.tile_score = tile_score  # predicted IoU on tiles; 1.0 on the whole slice
 
-    def embed_part(self, part: np.ndarray) -> _Part:
-        self.embedded.append(part.shape)
-        return _Part(part, part.shape)
+    def embed_parts(self, parts: list[np.ndarray]) -> list[_Part]:
+        self.embedded.extend(p.shape for p in parts)
+        return [_Part(p, p.shape) for p in parts]
 
     def predict_batch(self, emb, points=None, labels=None, boxes=None, masks=None,
                       multimask=True):
@@ -107,7 +108,8 @@ class _ThresholdPredictor:
             k = comps[round(r), round(c)]
             m = (comps == k) if k else np.zeros(emb.image.shape, bool)
             k_masks = np.repeat(m[None], 3 if multimask else 1, axis=0)
-            scores = np.ones(len(k_masks), np.float32)
+            on_tile = emb.image.shape == (256, 256)
+            scores = np.full(len(k_masks), self.tile_score if on_tile else 1.0, np.float32)
             out.append(Prediction(k_masks, scores, k_masks.astype(np.float32)))
         return out
 
@@ -126,7 +128,7 @@ def _scene(shape=(512, 512)):
 
 def _tiled(image, predictor):
     grid = plan_tiles(image.shape, 256)
-    return TiledEmbedding(grid, image.shape, None, image, predictor.embed_part)
+    return TiledEmbedding(grid, image.shape, None, image, predictor.embed_parts)
 
 
 def test_small_objects_decoded_on_tiles_and_stitched():
@@ -142,8 +144,21 @@ def test_small_objects_decoded_on_tiles_and_stitched():
     for i, p in zip(ids, out):
         assert p.masks.shape == (3, 512, 512)
         np.testing.assert_array_equal(p.best_mask, truth == i)
-    assert all(s == (256, 256) for s in pred.embedded)  # only tiles, no overview
+    assert pred.embedded.count((512, 512)) == 1  # the overview, once, for the comparison
     assert len(emb.computed) < emb.n_tiles  # only the tiles that held a prompt
+
+
+def test_the_higher_predicted_iou_wins_between_tile_and_overview():
+    image, truth = _scene()
+    truth[truth == 5] = 0
+    image = (truth > 0).astype(np.float32)
+    centre = np.argwhere(truth == 1).mean(axis=0)[None]
+    for tile_score, from_tile in ((1.0, True), (0.5, False)):
+        pred = _ThresholdPredictor(tile_score)
+        emb = _tiled(image, pred)
+        (p,) = predict_tiled(pred, emb, [centre], [[1]], None, None, True)
+        np.testing.assert_array_equal(p.best_mask, truth == 1)
+        assert float(p.scores.max()) == (tile_score if from_tile else 1.0)
 
 
 def test_object_larger_than_a_tile_falls_back_to_overview():
@@ -201,6 +216,13 @@ def test_predictor_tiles_large_slices_lazily(micro_predictor):
     np.testing.assert_allclose(tile.features.numpy(), direct.features.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="tiling"):
         micro_predictor.embed(image, tiling="yes")
+    # compute(): every tile and the overview, in batches, equal to one at a time
+    steps = []
+    emb.compute(progress=lambda done, total: steps.append((done, total)))
+    assert emb.computed == list(range(9)) and steps[-1] == (10, 10)
+    np.testing.assert_allclose(emb.tile(4).features.numpy(), direct.features.numpy(), atol=1e-4)
+    batch = micro_predictor.embed_batch([image[:256, :256], image[:100, :300]])
+    assert [b.original_size for b in batch] == [(256, 256), (100, 300)]
 
 
 def test_tiling_recovers_small_nuclei_in_a_large_slice(micro_predictor):

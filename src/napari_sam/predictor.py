@@ -304,25 +304,44 @@ class Predictor:
         (with tiling on, see :meth:`plan_tiles`) a :class:`~napari_sam.tiling.TiledEmbedding` whose
         tiles are embedded on first use; both decode with :meth:`predict`.
         """
-        import torch
 
         grid = self.plan_tiles(np.shape(image)[:2], tiling)
         if grid is not None:
             return self._embed_tiled(image, contrast_limits, grid)
-        x, original, resized = self.preprocess(image, contrast_limits)
+        return self.embed_batch([image], contrast_limits=contrast_limits)[0]
+
+    def embed_batch(
+        self, images: list[np.ndarray], *, contrast_limits: tuple[float, float] | None = None
+    ) -> list[Embedding]:
+        """Whole-slice embeddings of several 2D slices in one encoder pass (never tiled).
+
+        Used for the tiles of a :class:`~napari_sam.tiling.TiledEmbedding`; the
+        slices may differ in shape (each is resized and padded to the model input).
+        """
+        import torch
+
+        inputs = [self.preprocess(image, contrast_limits) for image in images]
+        x = torch.cat([i[0] for i in inputs])
+        if getattr(self._image_encoder, "channels_last", False):  # conv encoders
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if self.autocast_dtype is not None:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype):
                     features = self._image_encoder(x)
             else:
                 features = self._image_encoder(x)
-        return Embedding(
-            features=features.float(),
-            original_size=original,
-            input_size=resized,
-            contrast_limits=None if contrast_limits is None else tuple(contrast_limits),
-            metadata={"model": self.model_name, "precision": self.precision},
-        )
+        features = features.float().contiguous()
+        limits = None if contrast_limits is None else tuple(contrast_limits)
+        return [
+            Embedding(
+                features=features[k : k + 1],
+                original_size=original,
+                input_size=resized,
+                contrast_limits=limits,
+                metadata={"model": self.model_name, "precision": self.precision},
+            )
+            for k, (_, original, resized) in enumerate(inputs)
+        ]
 
     def _embed_tiled(self, image, contrast_limits, grid) -> TiledEmbedding:
         from napari_sam.normalize import (
@@ -345,15 +364,17 @@ class Predictor:
         elif limits is None:  # several channels, each with its own percentiles
             image, limits = to_rgb_float(image), (0.0, 255.0)
 
-        def embed_plain(part: np.ndarray) -> Embedding:
-            return self.embed(part, contrast_limits=limits, tiling="off")
+        def embed_parts(parts: list[np.ndarray]) -> list[Embedding]:
+            return self.embed_batch(parts, contrast_limits=limits)
 
         return TiledEmbedding(
             grid=grid,
             original_size=tuple(int(v) for v in np.shape(image)[:2]),
             contrast_limits=None if contrast_limits is None else tuple(contrast_limits),
             image=image,
-            embed_fn=embed_plain,
+            embed_fn=embed_parts,
+            # small inputs (micro: 256 px) embed many tiles per pass faster; SAM's one at a time
+            batch_size=16 if self.image_size <= 512 else 1,
             metadata={
                 "model": self.model_name,
                 "precision": self.precision,

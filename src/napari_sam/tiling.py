@@ -15,9 +15,10 @@ at native resolution (no resize):
   :meth:`TiledEmbedding.compute`), plus an *overview*: the ordinary embedding
   of the whole, resized slice, used for objects larger than a tile.
 * :func:`predict_tiled` decodes each object on its tile (prompts shifted into
-  the tile's frame) and stitches the masks back into the slice; an object whose
-  mask reaches an inner edge of its tile (so it may continue beyond it) is
-  decoded again on the overview.
+  the tile's frame) and on the overview, and keeps the prediction with the
+  higher predicted IoU (tile masks are stitched back into the slice); an
+  object whose tile mask reaches an inner edge of its tile (so it may
+  continue beyond it) takes the overview's.
 
 Coordinates are napari's ``(row, col)`` slice pixels throughout; tiles only
 shift them by the tile's origin. The ``(row, col)`` -> ``(x, y)`` conversion
@@ -184,14 +185,19 @@ class TiledEmbedding:
     contrast_limits : ``(low, high)`` shared by every tile (from the whole
         slice), or None for uint8/RGB data mapped as is
     metadata : model name, precision, tiling
+    image : the slice (after a multichannel slice's normalization)
+    embed_fn : ``parts -> embeddings``: whole-slice embeddings of a list of
+        image parts (tiles, or the slice itself for the overview)
+    batch_size : most tiles embedded in one ``embed_fn`` call by :meth:`compute`
     """
 
     grid: TileGrid
     original_size: tuple[int, int]
     contrast_limits: tuple[float, float] | None
     image: np.ndarray = field(repr=False)
-    embed_fn: Callable[[np.ndarray], Any] = field(repr=False)
+    embed_fn: Callable[[list[np.ndarray]], list[Any]] = field(repr=False)
     metadata: dict = field(default_factory=dict)
+    batch_size: int = 1
     _tiles: dict[int, Any] = field(default_factory=dict, repr=False)
     _overview: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -211,16 +217,19 @@ class TiledEmbedding:
         with self._lock:
             emb = self._tiles.get(index)
             if emb is None:
-                r0, c0, r1, c1 = self.grid.window(index)
-                emb = self.embed_fn(self.image[r0:r1, c0:c1])
+                emb = self.embed_fn([self._part(index)])[0]
                 self._tiles[index] = emb
             return emb
+
+    def _part(self, index: int) -> np.ndarray:
+        r0, c0, r1, c1 = self.grid.window(index)
+        return self.image[r0:r1, c0:c1]
 
     def overview(self):
         """The embedding of the whole slice resized to the model input (for large objects)."""
         with self._lock:
             if self._overview is None:
-                self._overview = self.embed_fn(self.image)
+                self._overview = self.embed_fn([self.image])[0]
             return self._overview
 
     def compute(
@@ -228,12 +237,25 @@ class TiledEmbedding:
         indices: Sequence[int] | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> TiledEmbedding:
-        """Embed the given tiles (default: all) now; ``progress(done, total)`` after each."""
+        """Embed the given tiles (default: all) and the overview now.
+
+        Tiles are embedded ``batch_size`` at a time; ``progress(done, total)``
+        is called after each batch (``total`` counts the tiles and the overview).
+        """
         todo = list(range(self.n_tiles)) if indices is None else [int(i) for i in indices]
-        for k, i in enumerate(todo, start=1):
-            self.tile(i)
+        total = len(todo) + 1
+        self.overview()
+        done = 1
+        for start in range(0, len(todo), max(1, self.batch_size)):
+            chunk = todo[start : start + max(1, self.batch_size)]
+            with self._lock:
+                missing = [i for i in chunk if i not in self._tiles]
+                if missing:
+                    embs = self.embed_fn([self._part(i) for i in missing])
+                    self._tiles.update(zip(missing, embs))
+            done += len(chunk)
             if progress is not None:
-                progress(k, len(todo))
+                progress(done, total)
         return self
 
 
@@ -375,11 +397,16 @@ def predict_tiled(
 
     Each object is decoded on the tile that best contains its prompts (see
     :meth:`TileGrid.route`; objects sharing a tile and a prompt kind are decoded
-    in one batch) and its masks are pasted into the slice. When the prompts fit
-    no tile, or the chosen mask touches an inner tile edge, the object is
-    decoded on the overview embedding instead. The returned predictions'
-    ``logits`` are in the frame of the embedding that produced them; use
-    slice-shaped masks as mask prompts on tiled embeddings.
+    in one batch) and its masks are pasted into the slice. Every object is also
+    decoded on the overview (the whole slice resized), and the prediction with
+    the higher best predicted IoU is kept: the tile wins for objects that
+    shrink too much in the overview, the overview for objects too large for
+    the model at native resolution (measured with ``micro``: 512 px nuclei
+    8-30 px across 0.80 / 0.79 point IoU tile / both; objects 60-120 px across
+    0.37 / 0.84). When the prompts fit no tile, or the tile's best mask touches
+    an inner tile edge, only the overview's prediction is used. The returned
+    predictions' ``logits`` are in the frame of the embedding that produced
+    them; use slice-shaped masks as mask prompts on tiled embeddings.
     """
     from napari_sam.predictor import Prediction
 
@@ -395,7 +422,6 @@ def predict_tiled(
         prompts.append((pts, lab, box, mask))
 
     tile_jobs: dict = {}
-    on_overview = set(range(bsz))
     for b, (pts, lab, box, mask) in enumerate(prompts):
         extent = prompt_extent(shape, pts, lab, box, mask)
         if extent is None:
@@ -404,20 +430,21 @@ def predict_tiled(
         shifted = _shift_prompts(grid.window(index), pts, lab, box, mask) if margin >= 0 else None
         if shifted is not None:
             _add_job(tile_jobs, index, b, *shifted)
-            on_overview.discard(b)
     results: dict = {}
     for b, (index, pred) in _decode_groups(predictor, embedding.tile, tile_jobs, multimask).items():
         if grid.touches_inner_edge(index, pred.best_mask):
-            on_overview.add(b)  # the object may go on beyond the tile
-            continue
+            continue  # the object may go on beyond the tile: the overview decides
         results[b] = Prediction(
             None, pred.scores, pred.logits, upscaler=_paster(pred, grid.window(index), shape)
         )
     overview_jobs: dict = {}
-    for b in sorted(on_overview):
+    for b in range(bsz):
         _add_job(overview_jobs, "overview", b, *prompts[b])
     decoded = _decode_groups(predictor, lambda _: embedding.overview(), overview_jobs, multimask)
-    results.update({b: pred for b, (_, pred) in decoded.items()})
+    for b, (_, pred) in decoded.items():
+        tiled = results.get(b)
+        if tiled is None or float(np.max(pred.scores)) > float(np.max(tiled.scores)):
+            results[b] = pred
     return [results[b] for b in range(bsz)]
 
 

@@ -36,6 +36,13 @@ def register(sub) -> None:
         "--crop-layers", type=int, default=0, help="zoomed-in crop layers for small objects [0]"
     )
     p.add_argument(
+        "--tiling",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: slices larger than the model input are also segmented tile by tile "
+        "at native resolution (small objects); off: only resized to the model input [auto]",
+    )
+    p.add_argument(
         "--contrast-limits",
         type=float,
         nargs=2,
@@ -95,6 +102,7 @@ def _params(args: argparse.Namespace) -> dict:
         "min_area": args.min_area,
         "max_area": args.max_area,
         "crop_layers": args.crop_layers,
+        "tiling": args.tiling,
     }
 
 

@@ -39,8 +39,9 @@ def register(sub) -> None:
     add_model_options(p)
     p.add_argument(
         "--prompt-mode",
-        default=DEFAULT_PROMPT_MODE,
-        help=f"box, points, mask, neg joined with '+' [{DEFAULT_PROMPT_MODE}]",
+        default=None,
+        help="box, points, mask, neg joined with '+' [the model's recommendation: "
+        f"box+mask+neg for micro; else {DEFAULT_PROMPT_MODE}]",
     )
     p.add_argument("--direction", choices=DIRECTIONS, default="both", help="[both]")
     p.add_argument(
@@ -61,6 +62,13 @@ def register(sub) -> None:
         type=float,
         default=DEFAULT_SCORE_THRESHOLD,
         help=f"stop when the model's score is lower [{DEFAULT_SCORE_THRESHOLD}]",
+    )
+    p.add_argument(
+        "--fade-threshold",
+        type=float,
+        default=None,
+        help="stop when the object's contrast falls below this share of its seed's; 0: off "
+        "[the model's recommendation: 0.4 for micro; else 0]",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -155,7 +163,8 @@ def run(args) -> int:
     from napari_sam.io import read_image, read_labels_tiff, read_points_csv, write_labels_tiff
     from napari_sam.propagation import parse_prompt_mode, propagate, stack_contrast_limits
 
-    parse_prompt_mode(args.prompt_mode)  # fail before loading anything heavy
+    if args.prompt_mode is not None:
+        parse_prompt_mode(args.prompt_mode)  # fail before loading anything heavy
     stack = read_image(args.stack)
     if len(stack.shape) not in (3, 4):
         raise UserError(
@@ -195,6 +204,7 @@ def run(args) -> int:
         z_range=args.z_range,
         iou_threshold=args.iou_threshold,
         score_threshold=args.score_threshold,
+        fade_threshold=args.fade_threshold,
         contrast_limits=limits,
         embeddings=embeddings,
     )

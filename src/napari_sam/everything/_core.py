@@ -9,6 +9,9 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -113,14 +116,113 @@ def _compact(crop: np.ndarray, origin: tuple[int, int], min_area: int) -> Compac
     return CompactMask.from_crop(tight, (origin[0] + r0, origin[1] + c0))
 
 
+@dataclass(frozen=True)
+class CropSpec:
+    """One crop of everything mode: where it is and how it is prompted.
+
+    Attributes
+    ----------
+    layer : 0 for the whole slice, ``i >= 1`` for crop layer ``i``,
+        :data:`TILE_LAYER` for a tile of the predictor's tile grid
+    box : ``(row_min, col_min, row_max, col_max)`` half-open, slice pixels
+    points_per_side : side of the crop's ``n x n`` point grid
+    tile : index of the tile in the grid (tiles only), else None
+    """
+
+    layer: int
+    box: tuple[int, int, int, int]
+    points_per_side: int
+    tile: int | None = None
+
+
+#: :attr:`CropSpec.layer` of the tiles (crops embedded at native resolution).
+TILE_LAYER = -1
+
+
+def tile_points_per_side(points_per_side: int, box, shape: tuple[int, int]) -> int:
+    """Points per side of a tile's grid: the whole slice's point spacing, in slice pixels.
+
+    ``points_per_side`` points across the slice's longest side give a spacing
+    of ``max(H, W) / points_per_side`` pixels; a tile gets as many points as fit
+    its longest side at that spacing (at least 1).
+    """
+    side = max(box[2] - box[0], box[3] - box[1])
+    return max(1, round(points_per_side * side / max(shape)))
+
+
+def plan_crops(shape: tuple[int, int], params: EverythingParams, grid=None) -> list[CropSpec]:
+    """The crops of one slice, from the least to the most zoomed-in.
+
+    The whole slice first, then SAM's crop layers (:func:`crop_boxes`,
+    ``points_per_side // crop_points_downscale**i`` points per side) and the
+    tiles of ``grid`` (a :class:`~napari_sam.tiling.TileGrid` or None; the
+    point spacing of the whole slice, see :func:`tile_points_per_side`), ordered
+    by decreasing crop size: the later a crop, the larger the objects appear in
+    its embedding, and cross-crop NMS prefers later crops.
+    """
+    crops = [
+        CropSpec(
+            layer, box, max(1, params.points_per_side // (params.crop_points_downscale**layer))
+        )
+        for layer, box in crop_boxes(shape, params.crop_layers, params.crop_overlap_ratio)
+    ]
+    if grid is not None:
+        for i in range(len(grid)):
+            box = tuple(int(v) for v in grid.window(i))
+            n = tile_points_per_side(params.points_per_side, box, shape)
+            crops.append(CropSpec(TILE_LAYER, box, n, i))
+        rest = sorted(crops[1:], key=lambda c: -max(c.box[2] - c.box[0], c.box[3] - c.box[1]))
+        crops = [crops[0], *rest]
+    return crops
+
+
+def _tile_grid(predictor, shape: tuple[int, int], params: EverythingParams, embedding):
+    """The tile grid whose tiles become crops, or None (no tiles).
+
+    With ``params.tiling == "auto"``: the grid of a given tiled embedding, else
+    ``predictor.plan_tiles(shape)`` (None for slices that fit the model input,
+    for a predictor made with ``tiling="off"`` and for predictors without
+    ``plan_tiles``).
+    """
+    if params.tiling == "off":
+        return None
+    if _is_tiled(embedding):
+        return embedding.grid
+    plan = getattr(predictor, "plan_tiles", None)
+    return None if plan is None else plan(tuple(int(v) for v in shape))
+
+
+def _is_tiled(embedding) -> bool:
+    """Whether ``embedding`` is a :class:`~napari_sam.tiling.TiledEmbedding` (duck-typed)."""
+    return embedding is not None and all(
+        hasattr(embedding, a) for a in ("grid", "tile", "overview")
+    )
+
+
+def _crop_embedding(crop: CropSpec, embedding, grid):
+    """The precomputed embedding usable for ``crop``, or None (embed the crop).
+
+    A plain embedding serves the whole slice; a tiled one serves the whole
+    slice (its overview, resized) and, when its grid is ``grid``, the tiles.
+    """
+    if embedding is None:
+        return None
+    if not _is_tiled(embedding):
+        return embedding if crop.layer == 0 else None
+    if crop.layer == 0:
+        return embedding.overview()
+    if crop.tile is not None and embedding.grid == grid:
+        return embedding.tile(crop.tile)
+    return None
+
+
 def _decode_crop(
     predictor,
     image: np.ndarray,
     crop_index: int,
-    layer: int,
-    box: tuple[int, int, int, int],
+    crop: CropSpec,
     limits: tuple[float, float],
-    embedding,
+    embedding_of: Callable[[], Any],
     params: EverythingParams,
     candidates: Candidates,
     stats: dict[str, int],
@@ -128,16 +230,21 @@ def _decode_crop(
     step: Callable[[], None],
     cancel,
 ) -> None:
-    """Embed one crop, decode its point grid and add the kept masks to ``candidates``."""
+    """Embed one crop, decode its point grid and add the kept masks to ``candidates``.
+
+    ``embedding_of()`` gives the crop's precomputed embedding (it may compute
+    a tile of a tiled embedding), or None: the crop is embedded here, never tiled.
+    """
+    box = crop.box
     r0, c0, r1, c1 = box
     check_cancel(cancel)
+    t0 = time.perf_counter()
+    embedding = embedding_of()
     if embedding is None:
-        t0 = time.perf_counter()
         embedding = embed_untiled(predictor, image[r0:r1, c0:c1], limits)
-        timings["embed"] += time.perf_counter() - t0
+    timings["embed"] += time.perf_counter() - t0
     step()
-    n = max(1, params.points_per_side // (params.crop_points_downscale**layer))
-    points = point_grid(n, (r1 - r0, c1 - c0))
+    points = point_grid(crop.points_per_side, (r1 - r0, c1 - c0))
     decoder = Decoder(predictor, embedding, params)
     is_full = box == (0, 0, image.shape[0], image.shape[1])
     min_area = max(1, int(params.min_area))
@@ -151,8 +258,8 @@ def _decode_crop(
         stats["prompts"] += len(batch)
         stats["candidates"] += kept.n_candidates
         stats["passed_filters"] += len(kept.iou)
-        for k, (crop, (dr, dc)) in enumerate(decoder.kept_masks(kept)):
-            m = _compact(crop, (r0 + dr, c0 + dc), params.min_area)
+        for k, (mask_crop, (dr, dc)) in enumerate(decoder.kept_masks(kept)):
+            m = _compact(mask_crop, (r0 + dr, c0 + dc), params.min_area)
             ok = m.area >= min_area and (params.max_area is None or m.area <= params.max_area)
             if ok and not is_full:
                 ok = not near_crop_edge(np.asarray([m.bbox]), box, image.shape[:2])[0]
@@ -172,7 +279,7 @@ def _new_timings() -> dict[str, float]:
 
 def _new_stats() -> dict[str, int]:
     keys = ("prompts", "candidates", "passed_filters", "after_area", "after_nms")
-    return dict.fromkeys((*keys, "after_mask_dedup", "objects"), 0)
+    return dict.fromkeys((*keys, "after_mask_dedup", "objects", "crops"), 0)
 
 
 def make_predictor(model: str | os.PathLike, predictor):
@@ -213,6 +320,7 @@ def segment_everything(
     progress: ProgressCallback | None = None,
     cancel=None,
     fast_decoder: bool = True,
+    tiling: str = "auto",
 ) -> EverythingResult:
     """Segment every object of one 2D slice automatically (SAM's "everything" mode).
 
@@ -232,7 +340,10 @@ def segment_everything(
         ``embed`` and ``predict``/``predict_batch``, see
         :class:`~napari_sam.predictor.PredictorProtocol`); reuse one to avoid
         reloading the model
-    points_per_side : grid size (``points_per_side**2`` prompts per crop)
+    points_per_side : grid size: ``points_per_side**2`` prompts on the whole
+        slice and on each crop of the crop layers; tiles get the whole slice's
+        point spacing (``max(H, W) / points_per_side`` pixels), i.e.
+        ``round(points_per_side * tile / max(H, W))`` points per side
     points_per_batch : prompts decoded per decoder call (memory vs. speed)
     pred_iou_thresh : keep candidates whose predicted IoU is ``>`` this
     stability_score_thresh : keep candidates whose stability score is ``>=`` this
@@ -255,13 +366,22 @@ def segment_everything(
     contrast_limits : ``(low, high)`` mapped to 0..255 for the whole slice and all
         crops (default: ``(0, 255)`` for uint8, else robust percentiles of the slice)
     embedding : a precomputed embedding of the whole slice (made with the same
-        contrast limits) to skip the image encoder
-    progress : ``callback(done, total)`` called after each embedding and batch
+        contrast limits) to skip the image encoder; a tiled embedding
+        (:class:`~napari_sam.tiling.TiledEmbedding`) serves the whole slice (its
+        overview) and the tiles, which are computed in it when missing
+    progress : ``callback(done, total)`` called after each crop's embedding and
+        each batch (``total`` counts them over all crops, tiles included)
     cancel : a ``threading.Event`` or a callable returning True to stop; checked
-        before each embedding and batch
+        before each crop's embedding and each batch
     fast_decoder : use the exact restructured decoder of
         :mod:`napari_sam.everything._decoder` when the predictor is this
         package's :class:`~napari_sam.predictor.Predictor` (False: ``predict_batch``)
+    tiling : ``"auto"``: when the predictor tiles the slice
+        (``predictor.plan_tiles(shape)`` returns a grid, e.g. a 512 x 512 slice
+        and the bundled 256 px ``micro`` model), its tiles are added as crops,
+        each embedded at native resolution, besides the whole slice resized (which
+        finds objects larger than a tile); ``"off"``: no tiles (the whole slice,
+        and crop layers, resized to the model input)
 
     Returns
     -------
@@ -295,6 +415,7 @@ def segment_everything(
         crop_overlap_ratio=crop_overlap_ratio,
         crop_points_downscale=crop_points_downscale,
         fast_decoder=fast_decoder,
+        tiling=tiling,
     )
     return run_everything(
         image if isinstance(image, np.ndarray) else np.asarray(image),
@@ -330,29 +451,26 @@ def run_everything(
         if progress is not None:
             progress(1, 1)
         return _empty_result(shape, stats)
-    crops = crop_boxes(shape, params.crop_layers, params.crop_overlap_ratio)
-    n_batches = 0
-    for layer, _box in crops:
-        n = max(1, params.points_per_side // (params.crop_points_downscale**layer))
-        n_batches += 1 + math.ceil(n * n / params.points_per_batch)
+    grid = _tile_grid(predictor, shape, params, embedding)
+    crops = plan_crops(shape, params, grid)
+    n_steps = sum(1 + math.ceil(c.points_per_side**2 / params.points_per_batch) for c in crops)
     done = [0]
 
     def step() -> None:
         done[0] += 1
         if progress is not None:
-            progress(done[0], n_batches)
+            progress(done[0], n_steps)
 
     cands = Candidates()
     timings = _new_timings()
-    for ci, (layer, box) in enumerate(crops):
+    for ci, crop in enumerate(crops):
         _decode_crop(
             predictor,
             image,
             ci,
-            layer,
-            box,
+            crop,
             limits,
-            embedding if ci == 0 else None,
+            partial(_crop_embedding, crop, embedding, grid),
             params,
             cands,
             stats,
@@ -360,6 +478,7 @@ def run_everything(
             step,
             cancel,
         )
+    stats["crops"] = len(crops)
     t0 = time.perf_counter()
     stats["after_area"] = len(cands)
     check_cancel(cancel)

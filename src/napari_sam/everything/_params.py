@@ -11,6 +11,9 @@ import numpy as np
 
 ProgressCallback = Callable[[int, int], None]
 
+#: ``tiling`` values: ``"auto"`` adds the predictor's tiles as crops, ``"off"`` does not.
+TILING_MODES = ("auto", "off")
+
 
 class Cancelled(Exception):
     """Raised when the ``cancel`` event/callable asked everything mode to stop.
@@ -49,7 +52,8 @@ class EverythingResult:
     objects : one :class:`ObjectRecord` per id, in id order
     stats : candidate counts after each stage (``"prompts"``, ``"candidates"``
         (3 per prompt), ``"passed_filters"``, ``"after_area"``, ``"after_nms"``,
-        ``"after_mask_dedup"``, ``"objects"``)
+        ``"after_mask_dedup"``, ``"objects"``) and the number of ``"crops"``
+        embedded (whole slice, crop layers, tiles)
     timings : wall-clock seconds spent in ``"embed"`` (image encoder),
         ``"decode"`` (mask decoder and the IoU/stability filters), ``"masks"``
         (upscaling, clean-up and compaction of the kept masks) and ``"resolve"``
@@ -79,6 +83,7 @@ class EverythingParams:
     crop_overlap_ratio: float = 512 / 1500
     crop_points_downscale: int = 1
     fast_decoder: bool = True
+    tiling: str = "auto"
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -110,6 +115,8 @@ class EverythingParams:
             raise ValueError(
                 f"crop_overlap_ratio must be in [0, 1), got {self.crop_overlap_ratio!r}"
             )
+        if self.tiling not in TILING_MODES:
+            raise ValueError(f"tiling must be 'auto' or 'off', got {self.tiling!r}")
 
 
 def check_cancel(cancel: Any) -> None:

@@ -153,6 +153,8 @@ class MicroEncoder(nn.Module):
             raise ValueError(f"attn_heads={attn_heads} must divide widths[3]={widths[3]}")
         self.img_size = int(img_size)
         self.patch_size = int(patch_size)
+        #: convolutions run faster on channels-last input (the Predictor converts)
+        self.channels_last = True
         self.register_buffer(
             "arch",
             torch.tensor([self.img_size, self.patch_size, attn_heads], dtype=torch.int64),

@@ -12,7 +12,6 @@ from napari_sam.propagation.engine import (
     DEFAULT_IOU_THRESHOLD,
     DEFAULT_MAX_GROWTH,
     DEFAULT_MIN_AREA,
-    DEFAULT_PROMPT_MODE,
     DEFAULT_SCORE_THRESHOLD,
     Engine,
     cancel_requested,
@@ -25,7 +24,7 @@ def propagate_iter(
     seeds: Any,
     predictor: Any,
     *,
-    prompt_mode: str = DEFAULT_PROMPT_MODE,
+    prompt_mode: str | None = None,
     direction: str = "both",
     z_range: Any = None,
     iou_threshold: float = DEFAULT_IOU_THRESHOLD,
@@ -37,6 +36,7 @@ def propagate_iter(
     max_growth: float = DEFAULT_MAX_GROWTH,
     box_margin: float = 0.1,
     n_points: int = 3,
+    fade_threshold: float | None = None,
 ) -> Iterator[SliceUpdate]:
     """Propagate keyframe masks through a stack, yielding one update per processed slice.
 
@@ -61,7 +61,9 @@ def propagate_iter(
     prompt_mode : str
         How the mask on slice z prompts slice z ± 1: ``"box"``, ``"points"``,
         ``"mask"``, ``"neg"`` (negative points outside the mask) joined with
-        ``+``; default ``"box+mask"`` (see docs/propagation.md).
+        ``+``; default (None): the model's recommendation in the registry
+        (``"box+mask+neg"`` for the bundled ``micro``), else ``"box+mask"``
+        (see docs/propagation.md).
     direction : {"both", "up", "down"}
         ``"up"`` propagates towards higher z, ``"down"`` towards lower z; gaps
         between keyframes are filled from both ends with ``"both"``, else from
@@ -93,6 +95,13 @@ def propagate_iter(
         (at least 2 px).
     n_points : int
         Positive points per prompt in the ``points`` modes.
+    fade_threshold : float
+        Stop ("faded") when the object's contrast (mean intensity in the mask
+        minus the median of a 3-pixel ring around it) falls below this share
+        of its contrast on the keyframe: out-of-focus light past the end of a
+        nucleus (see :mod:`napari_sam.propagation.fade`). 0 turns it off.
+        Default (None): the model's recommendation in the registry (0.4 for
+        the bundled ``micro``), else 0 (off).
 
     Yields
     ------
@@ -122,6 +131,7 @@ def propagate_iter(
         max_growth=max_growth,
         box_margin=box_margin,
         n_points=n_points,
+        fade_threshold=fade_threshold,
     )
     return _run(engine)
 

@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_sam.model.registry import recommended_propagation
 from napari_sam.normalize import stack_contrast_limits
+from napari_sam.propagation.fade import faded, intensity_plane, object_contrast
 from napari_sam.propagation.inputs import (
     DIRECTIONS,
     StackInfo,
@@ -52,6 +54,9 @@ DEFAULT_SCORE_THRESHOLD = 0.5
 DEFAULT_MIN_AREA = 8
 #: Default largest area ratio between a mask and the one it was propagated from.
 DEFAULT_MAX_GROWTH = 2.0
+#: Default of the "faded" rule (off); models that run past object ends recommend one
+#: in the registry (:attr:`napari_sam.model.registry.ModelInfo.propagation`).
+DEFAULT_FADE_THRESHOLD = 0.0
 #: A mask counts as nested in its predecessor (a shrinking cap, exempt from the IoU
 #: rule) when this share of the smaller one's pixels lies inside the other.
 NESTED_FRACTION = 0.75
@@ -73,6 +78,7 @@ class Options:
     score_threshold: float
     min_area: int
     max_growth: float
+    fade_threshold: float = 0.0
 
 
 @dataclass(eq=False)
@@ -88,6 +94,7 @@ class _Front:
     steps: int = 0
     alive: bool = True
     partner: _Front | None = None  # the front coming from the other side of a gap
+    reference_contrast: float = _NAN  # the object's contrast on its keyframe ("faded" rule)
 
     def may_visit(self, z: int) -> bool:
         return self.alive and 0 <= (z - self.next_z) * self.step <= (self.limit - self.next_z) * (
@@ -194,6 +201,7 @@ class Engine:
     pending_seed_updates: list[SliceUpdate] = field(default_factory=list)
     done: int = 0
     limits_known: bool = False
+    _last_read: tuple[int, np.ndarray] | None = None
 
     # --------------------------------------------------------------- setup
     @classmethod
@@ -203,7 +211,7 @@ class Engine:
         seeds: Any,
         predictor: Any,
         *,
-        prompt_mode: str = DEFAULT_PROMPT_MODE,
+        prompt_mode: str | None = None,
         direction: str = "both",
         z_range: Any = None,
         iou_threshold: float = DEFAULT_IOU_THRESHOLD,
@@ -215,8 +223,14 @@ class Engine:
         max_growth: float = DEFAULT_MAX_GROWTH,
         box_margin: float = 0.1,
         n_points: int = 3,
+        fade_threshold: float | None = None,
     ) -> Engine:
         info = check_stack(stack)
+        recommended = recommended_propagation(getattr(predictor, "model_name", None))
+        if prompt_mode is None:
+            prompt_mode = recommended.get("prompt_mode", DEFAULT_PROMPT_MODE)
+        if fade_threshold is None:
+            fade_threshold = recommended.get("fade_threshold", DEFAULT_FADE_THRESHOLD)
         parts = parse_prompt_mode(prompt_mode)
         if direction not in DIRECTIONS:
             raise ValueError(
@@ -224,6 +238,11 @@ class Engine:
                 f"higher z), got {direction!r}"
             )
         check_thresholds(iou_threshold, score_threshold, min_area, max_growth)
+        if not (isinstance(fade_threshold, (int, float, np.number)) and 0 <= fade_threshold < 1):
+            raise ValueError(
+                f"fade_threshold must be a number in [0, 1) (0 turns the 'faded' rule off), "
+                f"got {fade_threshold!r}"
+            )
         if not (isinstance(box_margin, (int, float)) and box_margin >= 0):
             raise ValueError(f"box_margin must be a number >= 0, got {box_margin!r}")
         if not isinstance(n_points, int) or n_points < 1:
@@ -279,6 +298,7 @@ class Engine:
             score_threshold=float(score_threshold),
             min_area=int(min_area),
             max_growth=float(max_growth),
+            fade_threshold=float(fade_threshold),
         )
         engine = cls(
             stack=stack,
@@ -327,9 +347,22 @@ class Engine:
             self.pending_seed_updates.append(SliceUpdate(z, dict(masks), records))
 
     def _add_front(self, oid: int, z: int, step: int, limit: int, edge: str | None) -> _Front:
-        front = _Front(oid, step, z + step, limit, edge, self.seeds[oid][z])
+        seed = self.seeds[oid][z]
+        front = _Front(oid, step, z + step, limit, edge, seed)
+        if self.options.fade_threshold > 0:
+            front.reference_contrast = object_contrast(self._plane(z), seed)
         self.fronts.append(front)
         return front
+
+    def _read(self, z: int) -> np.ndarray:
+        """Slice ``z`` as numpy; the last slice read is kept, so each is read once per visit."""
+        if self._last_read is None or self._last_read[0] != z:
+            self._last_read = (z, np.asarray(self.stack[z]))
+        return self._last_read[1]
+
+    def _plane(self, z: int) -> np.ndarray:
+        """Intensity of slice ``z`` for the "faded" rule."""
+        return intensity_plane(self._read(z))
 
     # ------------------------------------------------------------ progress
     def alive(self) -> list[_Front]:
@@ -368,8 +401,7 @@ class Engine:
             except KeyError:
                 emb = None
         if emb is None:
-            image = np.asarray(self.stack[z])
-            emb = self.predictor.embed(image, contrast_limits=self._limits())
+            emb = self.predictor.embed(self._read(z), contrast_limits=self._limits())
         self.cache[z] = emb
         return emb
 
@@ -536,6 +568,11 @@ class Engine:
             status = "changed"
         else:
             status = "ok"
+        if status == "ok" and opts.fade_threshold > 0:
+            contrast = object_contrast(self._plane(z), mask)
+            if any(faded(contrast, f.reference_contrast, opts.fade_threshold)
+                   for f in item.fronts):
+                status = "faded"
         if status != "ok":
             self._stop(item.fronts)
             return SliceRecord(z, oid, score, float(overlap), area, status), None

@@ -20,6 +20,7 @@ STATUSES = (
     "vanished",  # rejected: predicted area below ``min_area``
     "changed",  # rejected: IoU with the previous slice too low, or area grew too much
     "low_score",  # rejected: the model's predicted IoU below ``score_threshold``
+    "faded",  # rejected: contrast against the surroundings below ``fade_threshold`` x keyframe's
     "stop_marker",  # not predicted: the caller marked this slice as outside the object
     "no_prompt",  # not predicted: no usable prompt could be built from the previous mask
     "cancelled",  # not predicted: the run was cancelled before this slice
