@@ -30,6 +30,8 @@ closed (e.g. the user switched image).
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -58,6 +60,7 @@ from napari_sam.annotation.slicing import (
     world_slice_index,
 )
 from napari_sam.annotation.stack_actions import StackActionsMixin
+from napari_sam.annotation.store_link import AUTO, StoreLink
 from napari_sam.annotation.workers import caught, unless_failed
 from napari_sam.annotation.writing import resolve_label_ids, write_masks
 from napari_sam.cache import DEFAULT_CACHE_SIZE, EmbeddingCache
@@ -110,6 +113,28 @@ class Annotator(StackActionsMixin):
     points_layer, shapes_layer, preview_layer : existing layers (or names) to adopt
         instead of creating new ones (e.g. those of an earlier annotator); same
         dimensionality as the image.
+    store : ``"auto"`` (default), a path, an :class:`~napari_sam.store.EmbeddingStore`,
+        or None / False. Where slice embeddings are kept on disk, so that
+        annotating the image again needs no recomputation (looked up after the
+        in-memory cache, written as slices are embedded):
+
+        * ``"auto"``: for an image opened from a file (``image_layer.source.path``
+          is set), a store under ``napari_sam.model.checkpoint.cache_dir() /
+          "embeddings"`` (``$NAPARI_SAM_CACHE/embeddings`` when set) named from a
+          hash of the file path, the model name, the contrast limits and the
+          image signature; one that no longer matches is recomputed. Other
+          images: memory only.
+        * a path (e.g. ``"stack.embeddings.zarr"``): opened if it exists (its
+          model and image must match; it keeps its own contrast limits), else
+          created with the layer's contrast limits.
+        * an ``EmbeddingStore``: used after the same checks.
+        * None or False: memory only.
+
+        The store is opened when the first slice is embedded. A store that
+        does not match, cannot be written (read-only place, full disk) or
+        cannot hold this predictor's embeddings (slices embedded as tiles, see
+        ``Predictor.plan_tiles``; RGBA images) gives one notification and the
+        annotator keeps working from memory.
 
     Attributes
     ----------
@@ -143,6 +168,7 @@ class Annotator(StackActionsMixin):
         points_layer: Any = None,
         shapes_layer: Any = None,
         preview_layer: Any = None,
+        store: Any = AUTO,
     ) -> None:
         from napari.layers import Image
         from napari.utils.events import EmitterGroup
@@ -174,11 +200,18 @@ class Annotator(StackActionsMixin):
             propagation_step=None, embedded=None, busy=None, message=None,
         )
         self.cache = cache if cache is not None else EmbeddingCache(cache_size)
+        # messages of worker threads wait here for the main thread (see _flush_messages)
+        self._pending_messages: deque[tuple[str, str]] = deque()
+        self._closed = False
+        link = StoreLink(store, source, self.geometry,
+                         source_path=getattr(getattr(layer, "source", None), "path", None),
+                         on_message=self._store_message)
         # the embedder reads the array, never the layer: workers touch no napari object
         self.embedder = SliceEmbedder(
             source, self.geometry, layer.unique_id, self.cache, self._start_worker,
             predictor=predictor, model=model, device=device, precision=precision,
             on_error=self._on_worker_error, on_embedded=self._on_embedded,
+            store=link if link.enabled else None,
         )
         self.embedder.scheduler.on_idle = self._prefetch
         self.background = background
@@ -188,7 +221,6 @@ class Annotator(StackActionsMixin):
         self.preview: Preview | None = None
         self._shown_slice: Index | None = None
         self._last_commit: tuple[Index, list[int]] | None = None
-        self._closed = False
         self._propagation: Any = None
         self._everything: Any = None
         self._everything_layer: Any = None
@@ -339,6 +371,21 @@ class Annotator(StackActionsMixin):
         {"info": show_info, "warning": show_warning, "error": show_error}[level](message)
         self.events.message(level=level, message=message)
 
+    def _store_message(self, level: str, message: str) -> None:
+        """A message of the embedding store: shown now on the main thread, else queued."""
+        if threading.current_thread() is threading.main_thread():
+            if not self._closed:
+                self._notify(level, message)
+        else:
+            self._pending_messages.append((level, message))
+
+    def _flush_messages(self) -> None:
+        """Show the messages that worker threads queued (main thread)."""
+        while self._pending_messages:
+            level, message = self._pending_messages.popleft()
+            if not self._closed:
+                self._notify(level, message)
+
     def _status(self, message: str) -> None:
         self.last_message = message
         self.viewer.status = message
@@ -366,6 +413,12 @@ class Annotator(StackActionsMixin):
     def load_predictor(self) -> Any:
         """The predictor, loading the model now if needed (blocking)."""
         return self.embedder.load_predictor()
+
+    @property
+    def embedding_store(self) -> Any:
+        """The :class:`~napari_sam.store.EmbeddingStore` serving the current model and
+        contrast limits, or None (memory only, or no slice embedded yet)."""
+        return self.embedder.stored(self.contrast_limits)
 
     @property
     def contrast_limits(self) -> tuple[float, float]:
@@ -753,14 +806,17 @@ class Annotator(StackActionsMixin):
         return self._propagation
 
     def _emit_busy(self) -> None:
+        self._flush_messages()
         if not self._closed:
             self.events.busy(busy=self.busy)
 
     def _on_embedded(self, idx: Index) -> None:
+        self._flush_messages()
         if not self._closed:
             self.events.embedded(slice_index=idx)
 
     def _on_worker_error(self, what: str, err: BaseException) -> None:
+        self._flush_messages()
         if self._closed:
             return
         if type(err).__name__ == "Cancelled":

@@ -6,6 +6,11 @@ through its array (``source[slice_index]``), never through a napari layer, so
 the worker threads touch no GUI object.
 
 Cache keys are ``(layer_key, slice_index, contrast_limits, model_key)``.
+
+Lookup order: the in-memory cache, then the embedding store of a
+:class:`~napari_sam.annotation.store_link.StoreLink` (one slice read), else
+the predictor computes the slice and it is written to the store (when one
+serves this model and these contrast limits) and kept in memory.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 
 from napari_sam.annotation.scheduler import EmbeddingScheduler, EmbedRequest
 from napari_sam.annotation.slicing import ImageGeometry, neighbour_indices
+from napari_sam.annotation.store_link import StoreLink
 from napari_sam.annotation.workers import StartWorker
 from napari_sam.cache import EmbeddingCache
 
@@ -42,6 +48,8 @@ class SliceEmbedder:
     model, device, precision : what :class:`~napari_sam.predictor.Predictor` loads
     on_error : ``on_error(what, exception)`` for failed background work (main thread)
     on_embedded : ``on_embedded(slice_index)`` when a background embedding is stored
+    store : a :class:`~napari_sam.annotation.store_link.StoreLink` (embeddings on
+        disk), or None for memory only
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class SliceEmbedder:
         precision: str = "auto",
         on_error: Callable[[str, BaseException], None] | None = None,
         on_embedded: Callable[[Index], None] | None = None,
+        store: StoreLink | None = None,
     ) -> None:
         self.source = source
         self.geometry = geometry
@@ -70,6 +79,7 @@ class SliceEmbedder:
         self._embed_lock = threading.Lock()
         self._on_error = on_error or (lambda what, err: None)
         self._on_embedded = on_embedded or (lambda idx: None)
+        self.store = store
         self._set_model_key()
         self.scheduler = EmbeddingScheduler(self._launch, cache.__contains__)
 
@@ -145,8 +155,21 @@ class SliceEmbedder:
     def _compute(self, idx: Index, cl: Limits) -> Any:
         predictor = self.load_predictor()
         image = self.read_slice(idx)
+        compute = partial(self._embed, predictor, image, cl)
+        link = self.store
+        store = None if link is None else link.store_for(predictor, cl, self._model_key)
+        if store is None:
+            return compute()
+        return link.embedding(store, idx, image, predictor, compute, self._embed_lock)
+
+    def _embed(self, predictor: Any, image: np.ndarray, cl: Limits) -> Any:
         with self._embed_lock:  # one forward pass at a time
             return predictor.embed(image, contrast_limits=cl)
+
+    def stored(self, cl: Limits) -> Any:
+        """The :class:`~napari_sam.store.EmbeddingStore` serving ``cl`` and the current
+        model, or None (memory only, or nothing embedded yet)."""
+        return None if self.store is None else self.store.current(self._model_key, cl)
 
     # ------------------------------------------------------------ background
     @property

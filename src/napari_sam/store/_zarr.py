@@ -24,7 +24,7 @@ import os
 import shutil
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -621,7 +621,7 @@ class EmbeddingStore:
         predictor: Any,
         *,
         verify: bool = True,
-        on_write_error: str = "raise",
+        on_write_error: str | Callable[[StoreWriteError], None] = "raise",
     ) -> Any:
         """The embedding of one slice: read from the store, or computed and stored.
 
@@ -631,8 +631,10 @@ class EmbeddingStore:
         image : that slice, ``(Y, X)`` or ``(Y, X, C)`` (numpy, dask or zarr)
         predictor : the store's model (checked once, by its weights)
         verify : check the slice's pixels against the digest stored with its embedding
-        on_write_error : ``"raise"`` or ``"ignore"`` (return the computed embedding
-            without storing it, e.g. on a full disk)
+        on_write_error : ``"raise"``, ``"ignore"`` (return the computed embedding
+            without storing it, e.g. on a full disk), or a callable
+            ``on_write_error(err)`` called with the :class:`StoreWriteError` before
+            the computed embedding is returned unstored (to report the failure once)
 
         Returns
         -------
@@ -646,8 +648,11 @@ class EmbeddingStore:
         StoreMismatchError
             Another model, or the slice differs from the one stored (``verify``).
         """
-        if on_write_error not in ("raise", "ignore"):
-            raise ValueError(f"on_write_error must be 'raise' or 'ignore', got {on_write_error!r}")
+        if not callable(on_write_error) and on_write_error not in ("raise", "ignore"):
+            raise ValueError(
+                "on_write_error must be 'raise', 'ignore' or a callable taking the "
+                f"StoreWriteError, got {on_write_error!r}"
+            )
         idx = self.normalize_index(index)
         image = read_slice(image, ())
         if image.shape != self.metadata.slice_shape:
@@ -670,8 +675,10 @@ class EmbeddingStore:
         self.check_embedding(emb)
         try:
             self.write(idx, emb.features, image_digest=digest)
-        except StoreWriteError:
-            if on_write_error == "raise":
+        except StoreWriteError as err:
+            if callable(on_write_error):
+                on_write_error(err)
+            elif on_write_error == "raise":
                 raise
         return self._rounded(emb, idx)
 
