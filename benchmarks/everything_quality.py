@@ -61,8 +61,8 @@ THRESHOLDS = np.round(np.arange(0.5, 0.91, 0.05), 2)
 # ----------------------------------------------------------------------------- metrics
 
 
-def matching_ious(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """IoU of every overlapping (true, predicted) pair, and the object counts."""
+def pair_ious(gt: np.ndarray, pred: np.ndarray):
+    """Every overlapping (true, predicted) pair: ids ``ig``, ``ip``, their IoU, and the areas."""
     g = gt.ravel().astype(np.int64)
     p = pred.ravel().astype(np.int64)
     n_g, n_p = int(g.max()) + 1, int(p.max()) + 1
@@ -72,6 +72,12 @@ def matching_ious(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, int, in
     area_p = np.bincount(p, minlength=n_p)
     ig, ip = keys // n_p, keys % n_p
     iou = inter / (area_g[ig] + area_p[ip] - inter)
+    return ig, ip, iou, area_g, area_p
+
+
+def matching_ious(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """IoU of every overlapping (true, predicted) pair, and the object counts."""
+    _, _, iou, area_g, area_p = pair_ious(gt, pred)
     count_g = int((area_g[1:] > 0).sum())
     count_p = int((area_p[1:] > 0).sum())
     return iou, count_g, count_p

@@ -26,21 +26,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from everything_quality import accuracy_table
+from everything_quality import accuracy_table, pair_ious
 
 
 def best_match_iou(gt: np.ndarray, pred: np.ndarray) -> float:
     """Mean over true objects of the IoU with the best-overlapping predicted object."""
-    g = gt.ravel().astype(np.int64)
-    p = pred.ravel().astype(np.int64)
-    n_g, n_p = int(g.max()) + 1, int(p.max()) + 1
-    both = (g > 0) & (p > 0)
-    keys, inter = np.unique(g[both] * n_p + p[both], return_counts=True)
-    area_g = np.bincount(g, minlength=n_g)
-    area_p = np.bincount(p, minlength=n_p)
-    ig, ip = keys // n_p, keys % n_p
-    iou = inter / (area_g[ig] + area_p[ip] - inter)
-    best = np.zeros(n_g)
+    ig, _, iou, area_g, _ = pair_ious(gt, pred)
+    best = np.zeros(len(area_g))
     np.maximum.at(best, ig, iou)
     present = np.flatnonzero(area_g[1:] > 0) + 1
     return float(best[present].mean())

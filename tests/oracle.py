@@ -8,6 +8,7 @@ missing or broken) before importing the package.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 import types
@@ -177,3 +178,19 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 fan = tensor[0].numel() if tensor.ndim > 1 else 1
                 tensor.copy_(noise / max(1.0, fan) ** 0.5)
     return model
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 error of ``a`` against ``b``."""
+    return float((a - b).norm() / b.norm())
+
+
+@functools.cache
+def make_pair(name: str, seed: int):
+    """(ours, official) SAM models of architecture ``name`` with identical random weights."""
+    from napari_sam.model.sam import CONFIGS, build_sam
+
+    ours = randomize_(build_sam(name), seed=seed)
+    theirs = build_official(CONFIGS[name])
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    return ours, theirs

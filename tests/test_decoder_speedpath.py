@@ -8,17 +8,15 @@ are accessed; both must give what SAM's decoder and postprocessing give.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from napari_sam.model.prepared_decoder import PreparedDecoder
-from napari_sam.model.sam import CONFIGS, build_sam
 from napari_sam.predictor import Embedding, Prediction, Predictor
-from oracle import build_official, randomize_
+from oracle import make_pair as _make_pair
+from oracle import rel_err
 
 ARCHS = [
     pytest.param("vit_tiny", id="tiny"),
@@ -26,17 +24,9 @@ ARCHS = [
 ]
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-@functools.cache
 def make_pair(name: str):
     """(ours, theirs) with identical random weights."""
-    ours = randomize_(build_sam(name), seed=5)
-    theirs = build_official(CONFIGS[name])
-    theirs.load_state_dict(ours.state_dict(), strict=True)
-    return ours, theirs
+    return _make_pair(name, seed=5)
 
 
 def _embedding(model, seed: int = 0, original=None) -> Embedding:

@@ -7,15 +7,13 @@ square and not, with points and boxes) must agree.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
 
-from napari_sam.model.sam import CONFIGS, build_sam
 from napari_sam.predictor import Predictor
-from oracle import build_official, official, randomize_
+from oracle import make_pair as _make_pair
+from oracle import official, rel_err
 
 ARCHS = [
     pytest.param("vit_tiny", id="tiny"),
@@ -23,17 +21,9 @@ ARCHS = [
 ]
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-@functools.cache
 def make_pair(name: str):
     """(ours, theirs) with identical random weights."""
-    ours = randomize_(build_sam(name), seed=3)
-    theirs = build_official(CONFIGS[name])
-    theirs.load_state_dict(ours.state_dict(), strict=True)
-    return ours, theirs
+    return _make_pair(name, seed=3)
 
 
 @pytest.fixture(scope="module", params=ARCHS)
