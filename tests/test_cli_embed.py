@@ -202,3 +202,30 @@ def test_unwritable_store_and_missing_stack(files, tmp_path, capsys):
     assert main(args) == 2
     assert "image file not found" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "e.zarr")
+
+
+def test_default_micro_model_stores_tiled_slices(tmp_path, threaded_scheduler, capsys):
+    """``micro`` (256 px input) tiles 320 px slices: in process and on Dask, the same tiles."""
+    from napari_sam.tiling import TiledEmbedding
+
+    rng = np.random.default_rng(2)
+    stack = rng.integers(0, 2000, (2, 320, 320)).astype(np.uint16)
+    stack[:, 100:160, 40:120] += 1500
+    np.save(tmp_path / "big.npy", stack)
+    common = ["embed", str(tmp_path / "big.npy"), "--device", "cpu", "--precision", "float32"]
+    local, dask = tmp_path / "local.zarr", tmp_path / "dask.zarr"
+    assert main([*common, "--out", str(local), "--workers", "0", "-q"]) == 0
+    assert main([*common, "--out", str(dask), "--scheduler", threaded_scheduler, "-q"]) == 0
+    assert "2 slice(s) computed" in capsys.readouterr().out
+    got = EmbeddingStore.open(local, mode="r")
+    other = EmbeddingStore.open(dask, mode="r")
+    assert got.metadata.model_name == "micro" and got.missing() == []
+    assert got.metadata.tiling == {"tile": 256, "overlap": 64, "n_tiles": 4}
+    assert got.metadata.differences(other.metadata) == []
+    for z in range(2):
+        features = got.read_features(z)
+        assert features.shape == (5, *got.metadata.embedding_shape)
+        np.testing.assert_allclose(
+            features.astype(np.float32), other.read_features(z).astype(np.float32), atol=2e-3
+        )
+    assert isinstance(got[(1,)], TiledEmbedding)

@@ -426,3 +426,113 @@ def test_full_disk_is_a_clear_oserror(stack, tmp_path):
         store.get_or_compute(2, stack[2], StandIn())
     assert info.value.errno == errno.ENOSPC
     assert not store.has(2)  # the flag is never written without the data
+
+
+# ----------------------------------------------------------------- tiled slices
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def _tiled_stack(n: int = 2, size: int = 320) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 800, (n, size, size)).astype(np.uint16)
+    rr, cc = np.ogrid[:size, :size]
+    for z in range(n):
+        for r, c in ((60, 70), (160, 200), (250, 90), (270, 280)):
+            data[z][(rr - r - 3 * z) ** 2 + (cc - c) ** 2 <= 14**2] += 2500
+    return data
+
+
+def test_tiled_store_layout_and_round_trip(tiny, tmp_path):
+    from napari_sam.tiling import TiledEmbedding
+
+    data = _tiled_stack()
+    grid = tiny.plan_tiles(data.shape[1:])
+    assert grid is not None and len(grid) == 4
+    path = tmp_path / "t.zarr"
+    store = embed_stack(data, tiny, path, contrast_limits=(0, 4000))
+    m = store.metadata
+    assert m.tiling == {"tile": 256, "overlap": 64, "n_tiles": 4} and m.version == 2
+    assert store.read_features((0,)).shape == (5, *m.embedding_shape)
+    assert "4 tiles per slice" in repr(store)
+    fresh = tiny.embed(data[1], contrast_limits=(0, 4000)).compute()
+    stored = EmbeddingStore.open(path)[(1,)]
+    assert isinstance(stored, TiledEmbedding) and stored.image is None
+    assert stored.computed == [0, 1, 2, 3]
+    assert stored.metadata["tiling"] == fresh.metadata["tiling"]
+    for i in range(4):
+        assert stored.tile(i).original_size == fresh.tile(i).original_size
+        assert stored.tile(i).input_size == fresh.tile(i).input_size
+        torch.testing.assert_close(
+            stored.tile(i).features, fresh.tile(i).features, atol=2e-2, rtol=2e-3
+        )
+    torch.testing.assert_close(
+        stored.overview().features, fresh.overview().features, atol=2e-2, rtol=2e-3
+    )
+    # get_or_compute returns what a later read returns
+    again = EmbeddingStore.create_from(tmp_path / "u.zarr", m)
+    first = again.get_or_compute((1,), data[1], tiny)
+    torch.testing.assert_close(first.tile(2).features, again[(1,)].tile(2).features)
+    for p in [(20, 30), (160, 160), (300, 300)]:
+        a = tiny.predict(stored, points=[p], labels=[1])
+        b = tiny.predict(first, points=[p], labels=[1])
+        np.testing.assert_array_equal(a.best_mask, b.best_mask)
+
+
+def test_tiled_store_write_forms_and_refusals(tiny, tmp_path):
+    data = _tiled_stack(n=1, size=300)
+    store = EmbeddingStore.for_stack(tmp_path / "t.zarr", data, tiny, contrast_limits=(0, 4000))
+    emb = tiny.embed(data[0], contrast_limits=(0, 4000))  # lazy: write computes the tiles
+    store.write((0,), emb)
+    stacked = store.read_features((0,))
+    store.write((0,), stacked.astype(np.float32))
+    np.testing.assert_array_equal(store.read_features((0,)), stacked)
+    store[(0,)] = emb
+    untiled = tiny.embed(data[0], contrast_limits=(0, 4000), tiling="off")
+    with pytest.raises(StoreMismatchError, match=r"\(5, 64, 16, 16\) \(tiled .*this embedding"):
+        store.write((0,), untiled)
+    other = Predictor(tiny.model, precision="float32", tile_overlap=32)
+    with pytest.raises(StoreMismatchError, match=r"tiling: store tiled .*overlap 64.*overlap 32"):
+        store.write((0,), other.embed(data[0], contrast_limits=(0, 4000)))
+    with pytest.raises(StoreMismatchError, match=r"tiling: store tiled .*overlap 64.*overlap 32"):
+        EmbeddingStore.for_stack(tmp_path / "t.zarr", data, other)
+    flat = Predictor(tiny.model, precision="float32", tiling="off")
+    with pytest.raises(StoreMismatchError, match=r"tiling: store tiled.*requested untiled"):
+        embed_stack(data, flat, tmp_path / "t.zarr")
+    embed_stack(data, flat, tmp_path / "flat.zarr", contrast_limits=(0, 4000))
+    with pytest.raises(StoreMismatchError, match=r"tiling: store untiled.*requested tiled"):
+        embed_stack(data, tiny, tmp_path / "flat.zarr")
+    assert EmbeddingStore.open(tmp_path / "flat.zarr").metadata.version == 1
+
+
+def test_tiled_embedding_from_features_without_image(tiny):
+    from napari_sam.tiling import TiledEmbedding
+
+    image = _tiled_stack(n=1, size=300)[0]
+    full = tiny.embed(image, contrast_limits=(0, 4000)).compute()
+    tiles = [full.tile(0), None, full.tile(2), full.tile(3)]
+    part = TiledEmbedding.from_features(full.grid, tiles, None, (300, 300), (0, 4000))
+    assert part.tile(2) is full.tile(2) and part.computed == [0, 2, 3]
+    with pytest.raises(ValueError, match="tile 1 of this 300x300 tiled embedding"):
+        part.tile(1)
+    with pytest.raises(ValueError, match="the overview of this 300x300"):
+        part.overview()
+    with pytest.raises(ValueError, match="got 3 tile embeddings for a grid of 4"):
+        TiledEmbedding.from_features(full.grid, tiles[:3], None, (300, 300))
+
+
+def test_micro_tiled_store_masks_match_memory(tmp_path):
+    """The default model on 320 px slices: stored tiles decode like fresh ones."""
+    predictor = Predictor("micro", device="cpu", precision="float32")
+    data = _tiled_stack(n=2, size=320)
+    store = embed_stack(data, predictor, tmp_path / "m.zarr", contrast_limits=(0, 4000))
+    assert store.metadata.tiling is not None and store.metadata.dtype == "float16"
+    reopened = EmbeddingStore.open(tmp_path / "m.zarr")
+    for z in range(2):
+        fresh = predictor.embed(data[z], contrast_limits=(0, 4000))
+        stored = reopened[(z,)]
+        for p in [(60 + 3 * z, 70), (160 + 3 * z, 200), (250 + 3 * z, 90), (270 + 3 * z, 280)]:
+            a = predictor.predict(fresh, points=[p], labels=[1]).best_mask
+            b = predictor.predict(stored, points=[p], labels=[1]).best_mask
+            assert a.any() and _iou(a, b) >= 0.99, (z, p, _iou(a, b))

@@ -185,22 +185,87 @@ class TiledEmbedding:
     contrast_limits : ``(low, high)`` shared by every tile (from the whole
         slice), or None for uint8/RGB data mapped as is
     metadata : model name, precision, tiling
-    image : the slice (after a multichannel slice's normalization)
+    image : the slice (after a multichannel slice's normalization), or None for
+        an embedding read back with every part present (:meth:`from_features`)
     embed_fn : ``parts -> embeddings``: whole-slice embeddings of a list of
-        image parts (tiles, or the slice itself for the overview)
+        image parts (tiles, or the slice itself for the overview); None with
+        ``image=None``
     batch_size : most tiles embedded in one ``embed_fn`` call by :meth:`compute`
     """
 
     grid: TileGrid
     original_size: tuple[int, int]
     contrast_limits: tuple[float, float] | None
-    image: np.ndarray = field(repr=False)
-    embed_fn: Callable[[list[np.ndarray]], list[Any]] = field(repr=False)
+    image: np.ndarray | None = field(repr=False)
+    embed_fn: Callable[[list[np.ndarray]], list[Any]] | None = field(repr=False)
     metadata: dict = field(default_factory=dict)
     batch_size: int = 1
     _tiles: dict[int, Any] = field(default_factory=dict, repr=False)
     _overview: Any = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def from_features(
+        cls,
+        grid: TileGrid,
+        tiles: Sequence[Any],
+        overview: Any,
+        original_size: Sequence[int],
+        contrast_limits: tuple[float, float] | None = None,
+        metadata: dict | None = None,
+    ) -> TiledEmbedding:
+        """A tiled embedding from embeddings computed before (e.g. read from a store).
+
+        Parameters
+        ----------
+        grid : the tile layout
+        tiles : one :class:`~napari_sam.predictor.Embedding` per tile, in grid
+            order (None for a tile that was not computed)
+        overview : the embedding of the whole, resized slice (or None)
+        original_size : ``(H, W)`` of the slice
+        contrast_limits : ``(low, high)`` the parts were normalized with
+        metadata : model name, precision, tiling...
+
+        Returns
+        -------
+        TiledEmbedding
+            Without an image: asking for a part that was not given raises
+            ``ValueError``.
+        """
+        tiles = list(tiles)
+        if len(tiles) != len(grid):
+            raise ValueError(
+                f"got {len(tiles)} tile embeddings for a grid of {len(grid)} tiles "
+                f"({grid.shape[0]}x{grid.shape[1]} px, tile {grid.tile}, overlap "
+                f"{grid.overlap}); pass one per tile, in grid order"
+            )
+        emb = cls(
+            grid=grid,
+            original_size=tuple(int(v) for v in original_size),
+            contrast_limits=None if contrast_limits is None else tuple(contrast_limits),
+            image=None,
+            embed_fn=None,
+            metadata=dict(metadata or {}),
+        )
+        emb._tiles.update({i: t for i, t in enumerate(tiles) if t is not None})
+        emb._overview = overview
+        return emb
+
+    def _embed_parts(self, parts: list[np.ndarray], what: str) -> list[Any]:
+        if self.embed_fn is None:
+            raise ValueError(
+                f"{what} cannot be embedded: this tiled embedding has no embed_fn; make it "
+                "with Predictor.embed(image)"
+            )
+        return self.embed_fn(parts)
+
+    def _no_image(self, what: str) -> ValueError:
+        h, w = self.original_size
+        return ValueError(
+            f"{what} of this {h}x{w} tiled embedding was not computed, and it has no image "
+            "to embed it from (it was built from stored features); embed the slice again "
+            "with Predictor.embed(image), or store every tile and the overview"
+        )
 
     @property
     def n_tiles(self) -> int:
@@ -217,11 +282,13 @@ class TiledEmbedding:
         with self._lock:
             emb = self._tiles.get(index)
             if emb is None:
-                emb = self.embed_fn([self._part(index)])[0]
+                emb = self._embed_parts([self._part(index)], f"tile {index}")[0]
                 self._tiles[index] = emb
             return emb
 
     def _part(self, index: int) -> np.ndarray:
+        if self.image is None:
+            raise self._no_image(f"tile {index}")
         r0, c0, r1, c1 = self.grid.window(index)
         return self.image[r0:r1, c0:c1]
 
@@ -229,7 +296,9 @@ class TiledEmbedding:
         """The embedding of the whole slice resized to the model input (for large objects)."""
         with self._lock:
             if self._overview is None:
-                self._overview = self.embed_fn([self.image])[0]
+                if self.image is None:
+                    raise self._no_image("the overview")
+                self._overview = self._embed_parts([self.image], "the overview")[0]
             return self._overview
 
     def compute(
@@ -251,7 +320,8 @@ class TiledEmbedding:
             with self._lock:
                 missing = [i for i in chunk if i not in self._tiles]
                 if missing:
-                    embs = self.embed_fn([self._part(i) for i in missing])
+                    parts = [self._part(i) for i in missing]
+                    embs = self._embed_parts(parts, f"tiles {missing}")
                     self._tiles.update(zip(missing, embs))
             done += len(chunk)
             if progress is not None:

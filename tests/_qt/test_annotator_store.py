@@ -26,23 +26,21 @@ class FeaturePredictor:
     ``model.config``) like a real ``Predictor``, so opening a store embeds
     nothing; ``embed_calls`` lists the mean of every embedded slice.
     ``predict`` answers a disk of radius 6 around the first point.
-    ``tiles=True`` makes ``plan_tiles`` say that every slice is tiled.
     """
 
     model_name = "stand-in"
     precision = "float32"
     image_size = 256
 
-    def __init__(self, fingerprint: str = "stand-in:1", tiles: bool = False) -> None:
+    def __init__(self, fingerprint: str = "stand-in:1") -> None:
         self.fingerprint = fingerprint
-        self.tiles = tiles
         self.embed_calls: list[float] = []
         self.model = SimpleNamespace(
             config=SimpleNamespace(embedding_size=8, prompt_embed_dim=4)
         )
 
     def plan_tiles(self, shape, tiling=None):
-        return ("tiles", shape) if self.tiles else None
+        return None
 
     def embed(self, image, *, contrast_limits=None, tiling=None):
         image = np.asarray(image)
@@ -293,21 +291,11 @@ def test_full_disk_warns_once_and_keeps_working(viewer, tmp_path, monkeypatch):
     assert len(pred.embed_calls) == 4
 
 
-def test_tiled_slices_bypass_the_store(viewer, tmp_path):
-    image = viewer.add_image(stack(), contrast_limits=(0, 1000))
-    path = tmp_path / "s.zarr"
-    pred = FeaturePredictor(tiles=True)
-    ann = Annotator(viewer, image, predictor=pred, store=path)
-    got = messages(ann)
-    ann.embedding((0,))
-    ann.embedding((1,))
-    assert len(pred.embed_calls) == 2 and ann.embedding_store is None and not path.exists()
-    assert len(got) == 1 and got[0][0] == "info" and "tiles" in got[0][1]
-
-
-def test_real_predictor_tiles_large_slices_and_stores_small_ones(
+def test_real_predictor_stores_tiled_slices_and_small_ones(
     viewer, tmp_path, tiny_predictor, monkeypatch
 ):
+    from napari_sam.tiling import TiledEmbedding
+
     calls = []
     embed = tiny_predictor.embed
 
@@ -317,10 +305,26 @@ def test_real_predictor_tiles_large_slices_and_stores_small_ones(
 
     monkeypatch.setattr(tiny_predictor, "embed", counted)
     big = viewer.add_image(stack(shape=(2, 300, 300)), contrast_limits=(0, 1000))
-    assert tiny_predictor.plan_tiles((300, 300)) is not None
+    grid = tiny_predictor.plan_tiles((300, 300))
+    assert grid is not None
     ann = Annotator(viewer, big, predictor=tiny_predictor, store=tmp_path / "big.zarr")
-    ann.embedding((0,))
-    assert ann.embedding_store is None and not (tmp_path / "big.zarr").exists()
+    got = messages(ann)
+    ann.add_point((1, 150, 150))
+    masks = ann.segment((1,))
+    store = ann.embedding_store
+    assert store is not None and store.completed() == [(1,)] and got == []
+    assert store.metadata.tiling == {"tile": 256, "overlap": 64, "n_tiles": len(grid)}
+    assert calls == [None]  # one tiled embed: every tile and the overview, then stored
+    ann.close(remove_layers=True)
+    calls.clear()
+    big = viewer.add_image(stack(shape=(2, 300, 300)), contrast_limits=(0, 1000))
+    ann = Annotator(viewer, big, predictor=tiny_predictor, store=tmp_path / "big.zarr")
+    ann.add_point((1, 150, 150))
+    emb = ann.embedding((1,))
+    assert isinstance(emb, TiledEmbedding) and emb.computed == list(range(len(grid)))
+    assert emb.metadata["store"] == str(tmp_path / "big.zarr")
+    np.testing.assert_array_equal(ann.segment((1,))[0], masks[0])
+    assert calls == []  # reused: nothing embedded by the second annotator
     ann.close(remove_layers=True)
 
     small = viewer.add_image(stack(shape=(2, 64, 80)), contrast_limits=(0, 1000))

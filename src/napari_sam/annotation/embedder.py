@@ -10,7 +10,9 @@ Cache keys are ``(layer_key, slice_index, contrast_limits, model_key)``.
 Lookup order: the in-memory cache, then the embedding store of a
 :class:`~napari_sam.annotation.store_link.StoreLink` (one slice read), else
 the predictor computes the slice and it is written to the store (when one
-serves this model and these contrast limits) and kept in memory.
+serves this model and these contrast limits) and kept in memory. A tiled
+slice is embedded whole (every tile and the overview) when it goes to a
+store, and lazily (tiles on first use) when it is kept in memory only.
 """
 
 from __future__ import annotations

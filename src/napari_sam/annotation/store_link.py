@@ -9,9 +9,12 @@ cannot serve:
 * it was computed from another model, image or contrast limits (the store's own
   metadata and signature checks refuse it);
 * it cannot be created or written (read-only place, full disk);
-* the predictor embeds the image's slices as tiles (the store holds one
-  whole-slice feature map per slice), or the image is RGBA, or the predictor
-  cannot tell which model it runs.
+* the image is RGBA, or the predictor cannot tell which model it runs.
+
+Slices the predictor embeds as tiles (e.g. ``micro`` on slices larger than
+256 px) are stored tiled: every tile and the overview, read back as a filled
+:class:`~napari_sam.tiling.TiledEmbedding`. A store computed with another
+tiling (or untiled) is refused like one from another model.
 
 What the annotator's ``store`` argument means:
 
@@ -204,12 +207,6 @@ class StoreLink:
         if g.rgb and g.channels == 4:
             return (f"the image is RGBA; the {self._name()} holds RGB slices only, so "
                     "embeddings are kept in memory")
-        plan = getattr(predictor, "plan_tiles", None)
-        if callable(plan) and plan(tuple(g.slice_shape)) is not None:
-            h, w = g.slice_shape
-            return (f"{_model_name(predictor)!r} embeds these {h} x {w} px slices as tiles, "
-                    f"but the {self._name()} holds one whole-slice embedding per slice: "
-                    "embeddings of this image are kept in memory only")
         return None
 
     def _open(self, predictor: Any, cl: Limits) -> Any:

@@ -181,9 +181,9 @@ def run_slice_job(job: SliceJob) -> SliceResult:
         return result("skipped")
     predictor = cache.predictor(job)
     image = read_slice(stack, index)
-    emb = predictor.embed(image, contrast_limits=store.metadata.contrast_limits)
+    emb = store.compute_embedding(image, predictor)  # tiled stores: every tile, batched
     store.check_embedding(emb)
-    store.write(index, emb.features, image_digest=slice_digest(image))
+    store.write(index, emb, image_digest=slice_digest(image))
     return result("computed")
 
 

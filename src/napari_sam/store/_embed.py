@@ -15,9 +15,11 @@ from napari_sam.store._metadata import (
     StoreMismatchError,
     predictor_geometry,
     predictor_identity,
+    predictor_tiling,
+    tiling_of_grid,
 )
 from napari_sam.store._zarr import EmbeddingStore, done_value
-from napari_sam.tiling import embed_untiled
+from napari_sam.tiling import TiledEmbedding, embed_untiled
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(slices_done, slices_total)``."""
@@ -77,9 +79,12 @@ def describe_stack(
     -------
     fields : dict
         :class:`StoreMetadata` keyword arguments. ``input_size`` and
-        ``embedding_shape`` are left out when unknown (no probe).
-    probe : ``(index, features (C, e, e) float32, slice digest)`` or None
-        The probed slice's embedding, to be written into a new store.
+        ``embedding_shape`` are left out when unknown (no probe). ``tiling`` is
+        how the predictor embeds these slices (``predictor.plan_tiles``): None for
+        whole slices, else ``{"tile", "overlap", "n_tiles"}``.
+    probe : ``(index, embedding, slice digest)`` or None
+        The probed slice's embedding (all tiles computed), to be written into a
+        new store.
     """
     shape = _check_stack(stack, slice_axes)
     identity = predictor_identity(predictor)
@@ -98,7 +103,7 @@ def describe_stack(
         "contrast_limits": contrast_limits,
         "original_size": slice_shape[:2],
         "image_signature": image_signature(stack, slice_axes),
-        "tiling": None,
+        "tiling": predictor_tiling(predictor, slice_shape),
     }
     geometry = predictor_geometry(predictor, slice_shape)
     probed = None
@@ -107,16 +112,26 @@ def describe_stack(
     elif probe:
         index = next(slice_indices(shape, slice_axes))
         image = read_slice(stack, index)
-        emb = embed_untiled(predictor, image, contrast_limits)
-        features = np.asarray(
-            emb.features.detach().float().cpu().numpy()
-            if hasattr(emb.features, "detach")
-            else emb.features
-        )
+        if fields["tiling"] is None:
+            emb = embed_untiled(predictor, image, contrast_limits)
+            whole = emb
+        else:
+            emb = predictor.embed(image, contrast_limits=contrast_limits)
+            found = tiling_of_grid(emb.grid) if isinstance(emb, TiledEmbedding) else None
+            if found != fields["tiling"]:
+                raise ValueError(
+                    f"{type(predictor).__name__}.plan_tiles announced tiling "
+                    f"{fields['tiling']} for {slice_shape[:2]} slices, but embed gave {found}"
+                )
+            whole = emb.compute().overview()
+        features = whole.features
+        if hasattr(features, "detach"):
+            features = features.detach().float().cpu().numpy()
+        features = np.asarray(features)
         features = features[0] if features.ndim == 4 else features
         fields["embedding_shape"] = features.shape
-        fields["input_size"] = tuple(emb.input_size)
-        probed = (index, features, slice_digest(image))
+        fields["input_size"] = tuple(whole.input_size)
+        probed = (index, emb, slice_digest(image))
     return fields, probed
 
 
@@ -221,14 +236,13 @@ def iter_embed(
         if bad:
             raise _mismatch(store, bad)
     todo = store.missing() if indices is None else [store.normalize_index(i) for i in indices]
-    limits = store.metadata.contrast_limits
     for index in todo:
         if store.has(index):  # done meanwhile by another process
             continue
         image = read_slice(stack, index)
-        emb = embed_untiled(predictor, image, limits)
+        emb = store.compute_embedding(image, predictor)
         store.check_embedding(emb)
-        store.write(index, emb.features, image_digest=slice_digest(image))
+        store.write(index, emb, image_digest=slice_digest(image))
         done += 1
         yield SliceEvent(index, "computed", done, total)
 

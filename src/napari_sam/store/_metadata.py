@@ -14,8 +14,9 @@ from napari_sam.signature import ImageSignature
 
 #: ``format`` field of the store's metadata.
 STORE_FORMAT = "napari-sam-embeddings"
-#: Version of the store layout written by this package.
-STORE_VERSION = 1
+#: Newest store layout this package reads: 1 = one feature map per slice,
+#: 2 = tiled slices (the tiles then the overview in each slice's chunk).
+STORE_VERSION = 2
 #: Storage dtypes a store accepts.
 STORE_DTYPES = ("float16", "float32")
 
@@ -198,6 +199,73 @@ def _ints(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(v) for v in value)
 
 
+#: Keys of a tiled store's ``tiling`` record.
+TILING_KEYS = ("tile", "overlap", "n_tiles")
+
+
+def check_tiling(value: Any) -> dict | None:
+    """``tiling`` as ``{"tile", "overlap", "n_tiles"}`` ints, or None (whole slices).
+
+    Raises
+    ------
+    ValueError
+        ``value`` is neither None nor such a mapping.
+    """
+    if value is None:
+        return None
+    try:
+        out = {k: int(value[k]) for k in TILING_KEYS}
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"tiling must be None (whole slices) or a dict with int 'tile', 'overlap' and "
+            f"'n_tiles' (TiledEmbedding.metadata['tiling']), got {value!r}"
+        ) from err
+    if out["tile"] < 1 or out["n_tiles"] < 1 or not 0 <= out["overlap"] < out["tile"]:
+        raise ValueError(
+            f"tiling needs tile >= 1, n_tiles >= 1 and 0 <= overlap < tile, got {value!r}"
+        )
+    return out
+
+
+def describe_tiling(tiling: dict | None) -> str:
+    """``tiling`` in words, for messages."""
+    if tiling is None:
+        return "untiled (one whole-slice embedding per slice)"
+    return (
+        f"tiled ({tiling['n_tiles']} tiles of {tiling['tile']} px, overlap "
+        f"{tiling['overlap']} px, plus an overview)"
+    )
+
+
+def tiling_of_grid(grid: Any) -> dict | None:
+    """The ``tiling`` record of a :class:`~napari_sam.tiling.TileGrid` (None for None)."""
+    if grid is None:
+        return None
+    return {"tile": int(grid.tile), "overlap": int(grid.overlap), "n_tiles": len(grid)}
+
+
+def predictor_tiling(predictor: Any, slice_shape: tuple[int, ...]) -> dict | None:
+    """How ``predictor.embed`` tiles a slice of ``slice_shape``: a ``tiling`` record or None.
+
+    None for predictors without ``plan_tiles`` (they embed whole slices).
+
+    Raises
+    ------
+    TypeError
+        ``plan_tiles`` returns something other than None or a ``TileGrid``.
+    """
+    plan = getattr(predictor, "plan_tiles", None)
+    if not callable(plan):
+        return None
+    grid = plan(tuple(int(v) for v in slice_shape[:2]))
+    if grid is not None and not all(hasattr(grid, a) for a in ("tile", "overlap", "window")):
+        raise TypeError(
+            f"{type(predictor).__name__}.plan_tiles returned {grid!r}; it must return None "
+            "or a napari_sam.tiling.TileGrid"
+        )
+    return tiling_of_grid(grid)
+
+
 @dataclass(frozen=True)
 class StoreMetadata:
     """Everything an embedding store was computed from (stored as JSON in the zarr group).
@@ -212,9 +280,12 @@ class StoreMetadata:
         or None (the predictor's per-slice default)
     original_size : ``(H, W)`` of a slice (``Embedding.original_size``)
     input_size : ``(h, w)`` of the resized slice in the model input (``Embedding.input_size``)
-    embedding_shape : ``(C, e, e)`` of one slice's features
+    embedding_shape : ``(C, e, e)`` of one feature map (of a slice, or of one tile
+        and of the overview of a tiled slice)
     image_signature : :class:`~napari_sam.signature.ImageSignature` of the stack
-    tiling : tiling parameters (None: whole slices; reserved for tiled embeddings)
+    tiling : None (one whole-slice feature map per slice) or
+        ``{"tile", "overlap", "n_tiles"}`` (``TiledEmbedding.metadata["tiling"]``):
+        each slice holds ``n_tiles`` tile feature maps, then the overview's
     precision : image-encoder precision used (informational, not compared)
     dtype : storage dtype of the features, ``"float16"`` or ``"float32"``
     """
@@ -232,7 +303,7 @@ class StoreMetadata:
     precision: str | None = None
     dtype: str = "float16"
     format: str = field(default=STORE_FORMAT, repr=False)
-    version: int = field(default=STORE_VERSION, repr=False)
+    version: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -259,6 +330,23 @@ class StoreMetadata:
         if str(self.dtype) not in STORE_DTYPES:
             raise ValueError(f"dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
         set_(self, "dtype", str(self.dtype))
+        set_(self, "tiling", check_tiling(self.tiling))
+        # untiled stores keep version 1, which older napari-sam-stack reads; tiled ones
+        # are version 2, which it refuses (rather than misreading the tiles)
+        version = 1 if self.version is None else int(self.version)
+        set_(self, "version", max(version, 2) if self.tiling is not None else version)
+
+    @property
+    def parts_per_slice(self) -> int:
+        """Feature maps per slice: 1, or ``n_tiles + 1`` (the tiles, then the overview)."""
+        return 1 if self.tiling is None else self.tiling["n_tiles"] + 1
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        """Shape of one slice's features: ``(C, e, e)`` or ``(n_tiles + 1, C, e, e)``."""
+        if self.tiling is None:
+            return tuple(self.embedding_shape)
+        return (self.parts_per_slice, *self.embedding_shape)
 
     @property
     def lead_shape(self) -> tuple[int, ...]:
@@ -353,6 +441,11 @@ class StoreMetadata:
         ):
             if want.get(name) is not None and _ints(want[name]) != getattr(self, name):
                 out.append(f"{label}: store {getattr(self, name)}, requested {_ints(want[name])}")
-        if want.get("tiling") is not None and want["tiling"] != self.tiling:
-            out.append(f"tiling: store {self.tiling}, requested {want['tiling']}")
+        if "tiling" in want:
+            tiling = check_tiling(want["tiling"])
+            if tiling != self.tiling:
+                out.append(
+                    f"tiling: store {describe_tiling(self.tiling)}, requested "
+                    f"{describe_tiling(tiling)}"
+                )
         return out

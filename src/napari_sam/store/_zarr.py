@@ -3,7 +3,9 @@
 Layout of ``STORE.zarr`` (a zarr group)::
 
     attrs["napari_sam_embeddings"]   StoreMetadata as JSON (model, image, normalization...)
-    features   (*lead, C, e, e)      float16 (default) or float32, one chunk per slice
+    features   (*lead, C, e, e)      float16 (default) or float32, one chunk per slice;
+               (*lead, n_tiles + 1, C, e, e) for tiled slices (metadata ``tiling``):
+                                     the tiles in grid order, then the overview
     done       (*lead,)              uint64, one chunk per slice: 0 = not complete,
                                      otherwise the slice's digest (see below)
 
@@ -36,9 +38,11 @@ from napari_sam.store._metadata import (
     StoreMetadata,
     StoreMismatchError,
     StoreWriteError,
+    describe_tiling,
     predictor_identity,
+    tiling_of_grid,
 )
-from napari_sam.tiling import embed_untiled
+from napari_sam.tiling import TiledEmbedding, TileGrid, embed_untiled
 
 #: Key of the metadata in the zarr group's attributes.
 ATTRS_KEY = "napari_sam_embeddings"
@@ -106,8 +110,10 @@ class EmbeddingStore:
     2D image; an int is accepted for a single leading axis, negative indices
     count from the end.
 
-    * ``store[index]`` / ``store(index)`` -> :class:`~napari_sam.predictor.Embedding`
-      (reads only that slice's chunk; ``KeyError`` if it is not complete)
+    * ``store[index]`` / ``store(index)`` -> :class:`~napari_sam.predictor.Embedding`,
+      or for a tiled store (``metadata.tiling``) a
+      :class:`~napari_sam.tiling.TiledEmbedding` with every tile and the overview
+      filled (reads only that slice's chunk; ``KeyError`` if it is not complete)
     * ``store[index] = embedding`` stores one slice
     * ``index in store`` / :meth:`has`, :meth:`missing`, :meth:`completed`
     * :meth:`get_or_compute` reads or computes-and-stores; :meth:`bound` gives
@@ -130,6 +136,16 @@ class EmbeddingStore:
         self._features = group["features"]
         self._done = group["done"]
         self._checked_predictors: Any = weakref.WeakSet()
+        self.grid: TileGrid | None = None
+        if metadata.tiling is not None:
+            t = metadata.tiling
+            grid = TileGrid(tuple(metadata.original_size), t["tile"], t["overlap"])
+            if len(grid) != t["n_tiles"]:
+                raise NotAStoreError(
+                    f"{str(path)!r} has inconsistent metadata: tiling {t} gives {len(grid)} "
+                    f"tiles for {metadata.original_size} slices; recompute the store"
+                )
+            self.grid = grid
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -159,11 +175,14 @@ class EmbeddingStore:
         model_name, model_fingerprint : see :func:`predictor_identity`
         contrast_limits : ``(low, high)`` used for every slice
         input_size : ``Embedding.input_size`` ``(h, w)``
-        embedding_shape : ``(C, e, e)`` of ``Embedding.features[0]``
+        embedding_shape : ``(C, e, e)`` of ``Embedding.features[0]`` (of one tile
+            and of the overview for tiled slices)
         image_signature : :func:`~napari_sam.signature.image_signature` of the stack
         slice_axes : number of trailing axes forming one slice: 2 ``(Y, X)``
             or 3 ``(Y, X, C)``
-        tiling : reserved (None)
+        tiling : None (whole slices) or ``{"tile", "overlap", "n_tiles"}``
+            (``TiledEmbedding.metadata["tiling"]``): each slice then stores its
+            ``n_tiles`` tiles and its overview
         precision : informational
         dtype : ``"float16"`` (half the disk, ~1e-3 relative rounding) or ``"float32"``
         overwrite : replace an existing embedding store at ``path``
@@ -228,8 +247,8 @@ class EmbeddingStore:
             _create_array(
                 group,
                 "features",
-                shape=(*lead, *metadata.embedding_shape),
-                chunks=(*ones, *metadata.embedding_shape),
+                shape=(*lead, *metadata.chunk_shape),
+                chunks=(*ones, *metadata.chunk_shape),
                 dtype=metadata.dtype,
                 fill_value=0,
             )
@@ -460,7 +479,10 @@ class EmbeddingStore:
 
     # ------------------------------------------------------------------ read
     def read_features(self, index: Any) -> np.ndarray:
-        """The stored features of one slice, ``(C, e, e)`` in the storage dtype.
+        """The stored features of one slice in the storage dtype.
+
+        ``(C, e, e)``, or ``(n_tiles + 1, C, e, e)`` for a tiled store (the tiles
+        in grid order, then the overview).
 
         Reads one chunk only.
 
@@ -478,35 +500,63 @@ class EmbeddingStore:
         return np.asarray(self._features[self._key(idx)])
 
     def get(self, index: Any, device: Any = None) -> Any:
-        """One slice's :class:`~napari_sam.predictor.Embedding` (features float32 on ``device``).
+        """One slice's embedding, features float32 on ``device``.
+
+        Returns
+        -------
+        Embedding or TiledEmbedding
+            A :class:`~napari_sam.predictor.Embedding`, or for a tiled store a
+            :class:`~napari_sam.tiling.TiledEmbedding` whose tiles and overview
+            are all filled (it holds no image).
 
         Raises
         ------
         KeyError
             The slice is not completely stored.
         """
+        idx = self.normalize_index(index)
+        return self._embedding(self.read_features(idx), idx, device)
+
+    def _embedding(self, data: np.ndarray, idx: tuple[int, ...], device: Any) -> Any:
+        """The embedding of one slice's chunk ``data`` (storage layout)."""
         import torch
 
-        from napari_sam.predictor import Embedding
+        from napari_sam.predictor import Embedding, resized_shape
 
-        idx = self.normalize_index(index)
-        data = self.read_features(idx)
-        features = torch.from_numpy(data.astype(np.float32))[None]
+        features = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
         device = self.device if device is None else device
         if str(device) != "cpu":
             features = features.to(device)
         m = self.metadata
-        return Embedding(
-            features=features,
-            original_size=tuple(m.original_size),
-            input_size=tuple(m.input_size),
-            contrast_limits=m.contrast_limits,
-            metadata={
-                "model": m.model_name,
-                "precision": m.precision,
-                "store": str(self.path),
-                "index": idx,
-            },
+        info = {"model": m.model_name, "precision": m.precision}
+        where = {"store": str(self.path), "index": idx}
+        limits = m.contrast_limits
+        if self.grid is None:
+            return Embedding(
+                features=features[None],
+                original_size=tuple(m.original_size),
+                input_size=tuple(m.input_size),
+                contrast_limits=limits,
+                metadata={**info, **where},
+            )
+        grid = self.grid
+        tiles = []
+        for i in range(len(grid)):
+            r0, c0, r1, c1 = grid.window(i)
+            h, w = r1 - r0, c1 - c0
+            tiles.append(
+                Embedding(features[i : i + 1], (h, w), resized_shape(h, w, grid.tile), limits, info)
+            )
+        overview = Embedding(
+            features[-1:], tuple(m.original_size), tuple(m.input_size), limits, dict(info)
+        )
+        return TiledEmbedding.from_features(
+            grid,
+            tiles,
+            overview,
+            m.original_size,
+            limits,
+            {**info, "tiling": dict(m.tiling), **where},
         )
 
     def __getitem__(self, index: Any) -> Any:
@@ -520,37 +570,84 @@ class EmbeddingStore:
         if self.read_only:
             raise StoreWriteError(self.path, "it was opened read-only (mode='r')")
 
+    def chunk_of(self, embedding: Any) -> np.ndarray:
+        """One slice's embedding as the store holds it (float32, :attr:`StoreMetadata.chunk_shape`).
+
+        Parameters
+        ----------
+        embedding : an :class:`~napari_sam.predictor.Embedding`, a
+            :class:`~napari_sam.tiling.TiledEmbedding` (its missing tiles are
+            computed first), or features: ``(C, e, e)`` / ``(1, C, e, e)``, or for
+            a tiled store ``(n_tiles + 1, C, e, e)`` (tiles in grid order, then the
+            overview), as a numpy array or torch tensor
+
+        Raises
+        ------
+        StoreMismatchError
+            The embedding is tiled differently from the store, or has another shape.
+        """
+        m = self.metadata
+
+        def numpy(t: Any) -> np.ndarray:
+            if hasattr(t, "detach"):
+                t = t.detach().float().cpu().numpy()
+            return np.asarray(t)
+
+        if isinstance(embedding, TiledEmbedding):
+            found = tiling_of_grid(embedding.grid)
+            if found != m.tiling:
+                raise StoreMismatchError(
+                    self.path,
+                    [
+                        f"tiling: store {describe_tiling(m.tiling)}, this embedding "
+                        f"{describe_tiling(found)}"
+                    ],
+                    hint="Embed with the predictor settings (tiling, tile_overlap) the store "
+                    "was computed with, or recompute the store (overwrite=True).",
+                )
+            embedding.compute()
+            parts = [embedding.tile(i) for i in range(embedding.n_tiles)]
+            parts.append(embedding.overview())
+            maps = [numpy(p.features) for p in parts]
+            data = np.stack([f[0] if f.ndim == 4 else f for f in maps])
+        else:
+            data = numpy(getattr(embedding, "features", embedding))
+        shape = m.chunk_shape
+        if m.tiling is None and data.shape == (1, *shape):
+            data = data[0]
+        if data.shape != shape:
+            raise StoreMismatchError(
+                self.path,
+                [
+                    f"embedding shape: store {shape} ({describe_tiling(m.tiling)}), this "
+                    f"embedding {data.shape}"
+                ],
+                hint="Was the slice embedded by the store's model, with the store's tiling?",
+            )
+        return data
+
     def write(self, index: Any, features: Any, *, image_digest: int | None = None) -> None:
         """Store one slice: its features, then its completion flag.
 
         Parameters
         ----------
         index : slice index
-        features : ``(C, e, e)`` or ``(1, C, e, e)`` array or torch tensor
+        features : the slice's embedding or features, see :meth:`chunk_of`:
+            ``(C, e, e)`` or ``(1, C, e, e)`` (an ``Embedding``), or for a tiled
+            store a ``TiledEmbedding`` or ``(n_tiles + 1, C, e, e)``
         image_digest : :func:`~napari_sam.signature.slice_digest` of the slice that was
             embedded (recorded and checked on later reads), or None
 
         Raises
         ------
         StoreMismatchError
-            ``features`` do not have the store's embedding shape.
+            ``features`` do not have the store's embedding shape or tiling.
         StoreWriteError
             Read-only store, or the write failed (full disk...).
         """
         self._check_writable()
         idx = self.normalize_index(index)
-        if hasattr(features, "detach"):
-            features = features.detach().float().cpu().numpy()
-        data = np.asarray(features)
-        shape = tuple(self.metadata.embedding_shape)
-        if data.shape == (1, *shape):
-            data = data[0]
-        if data.shape != shape:
-            raise StoreMismatchError(
-                self.path,
-                [f"embedding shape: store {shape}, this embedding {data.shape}"],
-                hint="Was the slice embedded by the store's model?",
-            )
+        data = self.chunk_of(features)
         key = self._key(idx)
         try:
             if self._flag(idx) != 0:  # rewrite: never leave new data under an old flag
@@ -564,7 +661,7 @@ class EmbeddingStore:
 
     def __setitem__(self, index: Any, embedding: Any) -> None:
         self.check_embedding(embedding)
-        self.write(index, getattr(embedding, "features", embedding))
+        self.write(index, embedding)
 
     def check_embedding(self, embedding: Any) -> None:
         """Raise :class:`StoreMismatchError` if an Embedding's geometry or limits differ."""
@@ -663,6 +760,7 @@ class EmbeddingStore:
         if verify:
             self.check_predictor(predictor)
         flag = self._flag(idx)
+        device = getattr(predictor, "device", None)
         digest = slice_digest(image) if (verify or flag == 0) else None
         if flag != 0:
             if verify and flag != NO_DIGEST and flag != done_value(digest):
@@ -670,17 +768,48 @@ class EmbeddingStore:
                     self.path,
                     [f"image: slice {idx} differs from the slice its stored embedding came from"],
                 )
-            return self.get(idx, device=getattr(predictor, "device", None))
-        emb = embed_untiled(predictor, image, self.metadata.contrast_limits)
+            return self.get(idx, device=device)
+        emb = self.compute_embedding(image, predictor)
         self.check_embedding(emb)
+        data = self.chunk_of(emb)
         try:
-            self.write(idx, emb.features, image_digest=digest)
+            self.write(idx, data, image_digest=digest)
         except StoreWriteError as err:
             if callable(on_write_error):
                 on_write_error(err)
             elif on_write_error == "raise":
                 raise
+        if self.grid is not None:  # rounded through the storage dtype, as a read returns
+            return self._embedding(data.astype(self.metadata.dtype), idx, device)
         return self._rounded(emb, idx)
+
+    def compute_embedding(self, image: Any, predictor: Any) -> Any:
+        """Embed one slice as this store holds it, without storing it.
+
+        Whole-slice stores get an untiled embedding (``tiling="off"``); tiled
+        stores the predictor's :class:`~napari_sam.tiling.TiledEmbedding` with
+        every tile and the overview computed (tiles batched). The store's
+        contrast limits are used.
+
+        Raises
+        ------
+        StoreMismatchError
+            The predictor tiles the slice differently from the store.
+        """
+        m = self.metadata
+        if m.tiling is None:
+            return embed_untiled(predictor, image, m.contrast_limits)
+        emb = predictor.embed(image, contrast_limits=m.contrast_limits)
+        found = tiling_of_grid(emb.grid) if isinstance(emb, TiledEmbedding) else None
+        if found != m.tiling:
+            raise StoreMismatchError(
+                self.path,
+                [f"tiling: store {describe_tiling(m.tiling)}, this predictor "
+                 f"{describe_tiling(found)}"],
+                hint="Embed with the predictor settings (tiling, tile_overlap) the store was "
+                "computed with, or recompute the store (overwrite=True).",
+            )
+        return emb.compute()
 
     def _rounded(self, emb: Any, idx: tuple[int, ...]) -> Any:
         """``emb`` with its features rounded through the storage dtype (as a read returns)."""
@@ -720,9 +849,10 @@ class EmbeddingStore:
 
     def __repr__(self) -> str:
         m = self.metadata
+        tiles = "" if m.tiling is None else f", {m.tiling['n_tiles']} tiles per slice"
         return (
             f"EmbeddingStore({str(self.path)!r}, {self.n_complete}/{self.n_slices} slices, "
-            f"model={m.model_name!r}, shape={m.stack_shape}, dtype={m.dtype}"
+            f"model={m.model_name!r}, shape={m.stack_shape}, dtype={m.dtype}{tiles}"
             f"{', read-only' if self.read_only else ''})"
         )
 
