@@ -183,9 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     results["skimage_cell"] = cell_image_runs(predictor)
     print(f"skimage.data.cell(): {results['skimage_cell']}")
     if not args.no_propagation:
-        results["propagation"] = propagation_dice(predictor)
+        from napari_sam.model.registry import recommended_propagation
+
+        # the bundled model's registry options, also for --weights (a micro candidate)
+        recommended = recommended_propagation("micro")
+        results["propagation"] = propagation_dice(predictor, **recommended)
         if results["propagation"] is not None:
-            print(f"propagation (model's recommended options): {results['propagation']}")
+            print(f"propagation {recommended} (micro's defaults): {results['propagation']}")
             generic = {"prompt_mode": "box+mask", "fade_threshold": 0.0}
             results["propagation_generic"] = propagation_dice(predictor, **generic)
             print(f"propagation {generic}: {results['propagation_generic']}")
