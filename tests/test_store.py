@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import errno
-import os
 import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 
+from faults import FullDisk, read_only_folder
 from napari_sam.model.sam import build_sam
 from napari_sam.predictor import Embedding, Predictor, resized_shape
 from napari_sam.store import (
@@ -389,18 +389,7 @@ def test_unwritable_location_is_a_clear_oserror(stack, tmp_path):
 
 
 def test_read_only_directory_is_a_clear_oserror(stack, tmp_path, monkeypatch):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    if os.geteuid() == 0:  # root ignores directory permissions: make the OS say no
-        real_mkdir = os.mkdir
-
-        def refuse(path, *args, **kwargs):
-            if str(path).startswith(str(folder)):
-                raise PermissionError(errno.EACCES, "Permission denied", str(path))
-            return real_mkdir(path, *args, **kwargs)
-
-        monkeypatch.setattr(os, "mkdir", refuse)
+    folder = read_only_folder(tmp_path, monkeypatch)
     try:
         with pytest.raises(StoreWriteError, match="cannot write the embedding store"):
             embed_stack(stack, StandIn(), folder / "e.zarr")
@@ -410,16 +399,6 @@ def test_read_only_directory_is_a_clear_oserror(stack, tmp_path, monkeypatch):
 
 def test_full_disk_is_a_clear_oserror(stack, tmp_path):
     store = EmbeddingStore.for_stack(tmp_path / "e.zarr", stack, StandIn())
-
-    class FullDisk:
-        def __init__(self, array):
-            self.array = array
-
-        def __getitem__(self, key):
-            return self.array[key]
-
-        def __setitem__(self, key, value):
-            raise OSError(errno.ENOSPC, "No space left on device")
 
     store._features = FullDisk(store._features)
     with pytest.raises(StoreWriteError, match="No space left") as info:

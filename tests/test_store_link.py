@@ -7,6 +7,7 @@ import errno
 import numpy as np
 import pytest
 
+from faults import FullDisk
 from napari_sam.annotation.slicing import ImageGeometry
 from napari_sam.annotation.store_link import StoreLink, auto_store_path
 from napari_sam.signature import image_signature
@@ -60,16 +61,6 @@ def test_link_opens_creates_and_reuses(tmp_path, data):
 
 def test_get_or_compute_reports_write_errors_through_a_callable(tmp_path, data):
     store = EmbeddingStore.for_stack(tmp_path / "e.zarr", data, StandIn())
-
-    class FullDisk:
-        def __init__(self, array):
-            self.array = array
-
-        def __getitem__(self, key):
-            return self.array[key]
-
-        def __setitem__(self, key, value):
-            raise OSError(errno.ENOSPC, "No space left on device")
 
     store._features = FullDisk(store._features)
     errors = []

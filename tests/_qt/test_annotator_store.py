@@ -7,13 +7,13 @@ test, which checks that messages of worker threads reach the main thread.
 from __future__ import annotations
 
 import errno
-import os
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from faults import read_only_folder
 from napari_sam.annotator import Annotator
 from napari_sam.predictor import Embedding, Prediction, resized_shape
 from napari_sam.store import EmbeddingStore
@@ -218,18 +218,7 @@ def test_store_keeps_its_contrast_limits(viewer, tmp_path):
 
 @pytest.fixture
 def read_only_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    if os.geteuid() == 0:  # root ignores directory permissions: make the OS say no
-        real_mkdir = os.mkdir
-
-        def refuse(path, *args, **kwargs):
-            if str(path).startswith(str(folder)):
-                raise PermissionError(errno.EACCES, "Permission denied", str(path))
-            return real_mkdir(path, *args, **kwargs)
-
-        monkeypatch.setattr(os, "mkdir", refuse)
+    folder = read_only_folder(tmp_path, monkeypatch)
     yield folder
     folder.chmod(0o755)
 
