@@ -40,7 +40,7 @@ class BundledWeights:
 BUNDLED: dict[str, BundledWeights] = {
     "micro": BundledWeights(
         filename="micro_sam.pt",
-        sha256="b6d639a2d16b9119e395a92879a5ec96c3e49b08143437ae31ada469345665d4",
+        sha256="f2ef1b457857e5733484d0eaadd0c214bed59148328638c902040969acf971cd",
         record="micro_sam.json",
     ),
 }
