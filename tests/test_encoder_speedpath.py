@@ -89,3 +89,37 @@ def test_unknown_precision_is_refused():
     ours, _ = make_pair("vit_tiny")
     with pytest.raises(ValueError, match="int8"):
         Predictor(ours, precision="int4")
+
+
+def test_in_place_inference_path_equals_the_plain_blocks(monkeypatch):
+    """Blocks updating the tokens in place (inference) compute what the plain blocks do.
+
+    vit_tiny has a windowed block whose 16 x 16 grid is padded to 20 x 20 and a
+    global block; the caller's input tensor is left untouched.
+    """
+    from napari_sam.model.sam import build_sam
+
+    sam = randomize_(build_sam("vit_tiny"), seed=5)  # not the cached pair: changed in place
+    enc = sam.image_encoder
+    x = torch.randn(1, 3, sam.img_size, sam.img_size, generator=torch.Generator().manual_seed(2))
+    x_before = x.clone()
+    with torch.no_grad():
+        assert all(b.supports_inference_path() for b in enc.blocks)
+        out = enc(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not enc.blocks[0].supports_inference_path()
+        monkeypatch.setattr(image_encoder.Block, "supports_inference_path", lambda self: False)
+        ref = enc(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x, x_before, rtol=0, atol=0)
+    monkeypatch.undo()
+    assert not enc.blocks[0].supports_inference_path()  # grad mode
+
+
+def test_workspace_reuses_and_grows_its_buffers():
+    ws = image_encoder.Workspace(torch.float32, torch.device("cpu"))
+    a = ws.get("hidden", (4, 6))
+    b = ws.get("hidden", (2, 3))
+    assert b.data_ptr() == a.data_ptr() and b.shape == (2, 3)
+    c = ws.get("hidden", (10, 10))
+    assert c.shape == (10, 10) and c.is_contiguous()

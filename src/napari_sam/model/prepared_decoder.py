@@ -295,7 +295,7 @@ class PreparedDecoder:
         self.norm, self.act1, self.act2 = norm, act1, act2
 
     def transformer(
-        self, sparse, outputs=(1, 2, 3), tokens_per_chunk: int = 1024
+        self, sparse, outputs=(1, 2, 3), tokens_per_chunk: int = 2048
     ) -> DecoderOutput:
         """Run the two-way transformer and the IoU head for a batch of prompts.
 
