@@ -214,6 +214,36 @@ class Attention(nn.Module):
         return out.view(b, heads, n, c)
 
 
+def _to_windows(qkv: torch.Tensor, ws: int, heads: int, padding_value) -> torch.Tensor:
+    """``qkv`` ``(B, h, w, 3C)`` -> ``(3, B * nh * nw, heads, ws * ws, c)`` in one copy.
+
+    Windows that reach past the grid are padded with ``padding_value()`` (``(3C,)``,
+    the ``qkv`` of a zero token; called only when there is padding).
+    """
+    b, h, w, c3 = qkv.shape
+    nh, nw = -(-h // ws), -(-w // ws)
+    c = c3 // (3 * heads)
+    win = qkv.new_empty(3, b, nh, nw, heads, ws, ws, c)
+    grid = win.permute(1, 2, 5, 3, 6, 0, 4, 7)  # (B, nh, ws, nw, ws, 3, heads, c)
+    src = qkv.view(b, h, w, 3, heads, c)
+    hf, wf = h // ws, w // ws  # whole windows
+    rh, rw = h - hf * ws, w - wf * ws  # rows / columns of the partial last windows
+    grid[:, :hf, :, :wf] = src[:, : hf * ws, : wf * ws].view(b, hf, ws, wf, ws, 3, heads, c)
+    if rh:
+        grid[:, hf, :rh, :wf] = src[:, hf * ws :, : wf * ws].view(b, rh, wf, ws, 3, heads, c)
+    if rw:
+        grid[:, :hf, :, wf, :rw] = src[:, : hf * ws, wf * ws :].view(b, hf, ws, rw, 3, heads, c)
+    if rh and rw:
+        grid[:, hf, :rh, wf, :rw] = src[:, hf * ws :, wf * ws :]
+    if rh or rw:
+        fill = padding_value().view(3, heads, c)
+        if rh:
+            grid[:, hf, rh:] = fill
+        if rw:
+            grid[:, :, :, wf, rw:] = fill
+    return win.view(3, b * nh * nw, heads, ws * ws, c)
+
+
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Split ``(B, H, W, C)`` into zero-padded windows ``(B * nW, ws, ws, C)``."""
     b, h, w, c = x.shape
@@ -325,22 +355,13 @@ class Block(nn.Module):
         attn, ws = self.attn, self.window_size
         if qkv is None:
             qkv = attn.qkv(x)  # (B, h, w, 3C)
-        b, h, w, _ = qkv.shape
-        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
-        if (hp, wp) != (h, w):
-            # the windows' zero padding: qkv of a zero token (the layer's bias)
-            fill = attn.qkv(qkv.new_zeros(1, qkv.shape[-1] // 3))[0]
-            padded = fill.expand(b, hp, wp, qkv.shape[-1]).clone()
-            padded[:, :h, :w] = qkv
-            qkv = padded
-        heads = attn.num_heads
-        nh, nw = hp // ws, wp // ws
-        # (B, nh, ws, nw, ws, 3, heads, c) -> (3, B * nh * nw, heads, ws * ws, c)
-        qkv = qkv.view(b, nh, ws, nw, ws, 3, heads, -1).permute(5, 0, 1, 3, 6, 2, 4, 7)
-        qkv = qkv.reshape(3, b * nh * nw, heads, ws * ws, -1)
-        out = attn.attend(qkv, ws, ws)  # (B * nh * nw, heads, ws * ws, c)
-        out = out.view(b, nh, nw, heads, ws, ws, -1).permute(0, 1, 4, 2, 5, 3, 6)
-        return out.reshape(b, hp, wp, -1)[:, :h, :w]
+        b, h, w, c3 = qkv.shape
+        nh, nw = -(-h // ws), -(-w // ws)
+        zero_token = qkv.new_zeros(1, c3 // 3)
+        windows = _to_windows(qkv, ws, attn.num_heads, lambda: attn.qkv(zero_token)[0])
+        out = attn.attend(windows, ws, ws)  # (B * nh * nw, heads, ws * ws, c)
+        out = out.view(b, nh, nw, attn.num_heads, ws, ws, -1).permute(0, 1, 4, 2, 5, 3, 6)
+        return out.reshape(b, nh * ws, nw * ws, -1)[:, :h, :w]
 
 
 class ImageEncoderViT(nn.Module):
