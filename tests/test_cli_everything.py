@@ -118,8 +118,9 @@ def test_one_slice_of_a_stack(tmp_path, oracle):
     [
         (["--slice", "9"], "outside"),
         (["--points-per-side", "0"], "points_per_side"),
+        (["--containment-thresh", "1.5"], "containment_thresh"),
     ],
-    ids=["slice-range", "bad-grid"],
+    ids=["slice-range", "bad-grid", "bad-containment"],
 )
 def test_errors_are_one_line_messages(tmp_path, oracle, capsys, extra, message):
     src = tmp_path / "stack.tif"
@@ -170,3 +171,24 @@ def test_tiling_option(tmp_path, monkeypatch, option, embeds):
     labels, _ = read_labels_tiff(out)
     assert _same_partition(labels, lab)
     assert made[0].embedded == embeds and set(made[0].tiling_args) == {"off"}
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, 0.8), ("none", None), ("0.6", 0.6)])
+def test_containment_option_reaches_segment_everything(
+    tmp_path, oracle, monkeypatch, value, expected
+):
+    import napari_sam.everything as everything
+
+    seen = {}
+    real = everything.segment_everything
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(everything, "segment_everything", spy)
+    src = tmp_path / "image.tif"
+    tifffile.imwrite(src, _stack()[0])
+    extra = [] if value is None else ["--containment-thresh", value]
+    assert _run(src, "--out", tmp_path / "o.tif", *extra) == 0
+    assert seen["containment_thresh"] == expected

@@ -25,7 +25,12 @@ from napari_sam.everything import (
 from napari_sam.everything._core import crop_boxes
 from napari_sam.everything._decoding import point_grid
 from napari_sam.everything._masks import CompactMask, clean_mask, mask_iou
-from napari_sam.everything._resolve import Candidates, mask_dedup, resolve_overlaps
+from napari_sam.everything._resolve import (
+    Candidates,
+    drop_contained_parts,
+    mask_dedup,
+    resolve_overlaps,
+)
 from napari_sam.predictor import Prediction
 
 # --------------------------------------------------------------------------- stand-ins
@@ -324,6 +329,32 @@ def test_small_object_inside_large_one_is_kept():
     assert areas == [small.sum(), big.sum() - small.sum()]
 
 
+def test_sub_parts_inside_a_better_whole_are_dropped():
+    """SAM-like multimask output: two halves (sub-parts) score below the whole object."""
+    gt = _disks_image()
+
+    def candidates(labels, obj):
+        m = labels == obj
+        cols = np.flatnonzero(m.any(axis=0))
+        left = m.copy()
+        left[:, cols[len(cols) // 2] :] = False
+        right = m & ~left
+        return [
+            (left, np.where(left, 10.0, -10.0), 0.85),
+            (right, np.where(right, 10.0, -10.0), 0.85),
+            (m, np.where(m, 10.0, -10.0), 0.95),
+        ]
+
+    oracle = _Oracle2D(candidates=candidates)
+    res = segment_everything(gt, predictor=oracle, points_per_side=32)
+    assert _same_partition(res.labels, gt)
+    assert res.stats["after_containment"] == res.stats["after_mask_dedup"] - 2 * 8
+    # without the rule the halves win their pixels and each object is split in two
+    split = segment_everything(gt, predictor=oracle, points_per_side=32, containment_thresh=None)
+    assert len(split.objects) == 2 * len(res.objects) == 16
+    assert split.stats["after_containment"] == split.stats["after_mask_dedup"]
+
+
 def test_holes_filled_and_islands_removed():
     lab = np.zeros((64, 64), np.int64)
     lab[10:40, 10:40] = 1
@@ -494,8 +525,10 @@ def test_same_contrast_limits_for_all_crops():
         ({"min_area": 10, "max_area": 5}, "max_area"),
         ({"crop_layers": -1}, "crop_layers"),
         ({"contrast_limits": (5, 1)}, "contrast_limits"),
+        ({"containment_thresh": 0.0}, "containment_thresh"),
+        ({"containment_thresh": 1.5}, "containment_thresh"),
     ],
-    ids=["grid", "nms", "area", "crops", "limits"],
+    ids=["grid", "nms", "area", "crops", "limits", "containment-0", "containment-1.5"],
 )
 def test_bad_parameters_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -590,6 +623,48 @@ def test_resolve_overlaps_smallest_wins_and_hidden_masks_drop():
     assert 2 not in kept  # the union of a and b is hidden
     assert (index[20:30, 0:21] == 3).all() and (index[20:30, 21:40] == 4).all()
     assert set(np.unique(index)) == {-1, 0, 1, 3, 4}
+
+
+def test_drop_contained_parts_keeps_better_nested_and_partial_overlaps():
+    shape = (60, 60)
+
+    def box(r0, c0, r1, c1):
+        m = np.zeros(shape, bool)
+        m[r0:r1, c0:c1] = True
+        return m
+
+    specs = [
+        (box(5, 5, 35, 35), 0.9),  # 0: the whole object
+        (box(8, 8, 18, 30), 0.8),  # 1: a part of 0 (fully inside, worse score): dropped
+        (box(20, 10, 30, 20), 0.95),  # 2: nested but better scored (a nucleolus): kept
+        (box(28, 20, 40, 30), 0.7),  # 3: 7/12 inside 0 (< 0.8): kept
+        (box(45, 45, 55, 58), 0.6),  # 4: elsewhere: kept
+        (box(46, 46, 50, 50), 0.6),  # 5: inside 4 with the same score, but less stable: dropped
+    ]
+    cands = Candidates()
+    for k, (m, score) in enumerate(specs):
+        cands.add(CompactMask.from_crop(m), score, 0.9 if k != 5 else 0.5, 0)
+    out = drop_contained_parts(cands, 0.8)
+    assert out.iou == [0.9, 0.95, 0.7, 0.6]
+    assert [m.bbox for m in out.masks] == [
+        (5, 5, 35, 35),
+        (20, 10, 30, 20),
+        (28, 20, 40, 30),
+        (45, 45, 55, 58),
+    ]
+    # a lower threshold also drops the partly inside mask 3; None keeps everything
+    assert drop_contained_parts(cands, 0.5).iou == [0.9, 0.95, 0.6]
+    assert len(drop_contained_parts(cands, None)) == len(cands)
+    # a dropped container removes none of its parts: the sliver lies inside the
+    # dropped middle mask only (a quarter of it lies inside the whole)
+    chain = Candidates()
+    for m, score in (
+        (box(0, 0, 40, 40), 0.9),  # whole
+        (box(0, 10, 40, 46), 0.8),  # 5/6 inside the whole, worse: dropped
+        (box(10, 38, 20, 46), 0.7),  # inside the middle mask only: kept
+    ):
+        chain.add(CompactMask.from_crop(m), score, 0.9, 0)
+    assert drop_contained_parts(chain, 0.8).iou == [0.9, 0.7]
 
 
 # --------------------------------------------------------------------------- 3D

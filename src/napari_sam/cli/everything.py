@@ -29,6 +29,13 @@ def register(sub) -> None:
     p.add_argument("--pred-iou-thresh", type=float, default=0.8, help="min predicted IoU [0.8]")
     p.add_argument("--stability-thresh", type=float, default=0.9, help="min stability score [0.9]")
     p.add_argument(
+        "--containment-thresh",
+        type=_fraction_or_none,
+        default=0.8,
+        help="drop a mask when this fraction of it lies inside a larger, better-scored "
+        "mask (an object's sub-parts); 'none' keeps nested masks [0.8]",
+    )
+    p.add_argument(
         "--min-area", type=int, default=16, help="smallest object / largest hole in px [16]"
     )
     p.add_argument("--max-area", type=int, default=None, help="largest object in px [none]")
@@ -93,12 +100,23 @@ def _smallest_dtype(labels: np.ndarray) -> np.ndarray:
     return labels.astype(dtype, copy=False)
 
 
+def _fraction_or_none(value: str) -> float | None:
+    """``--containment-thresh`` value: a number, or 'none'."""
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value!r}") from None
+
+
 def _params(args: argparse.Namespace) -> dict:
     return {
         "points_per_side": args.points_per_side,
         "points_per_batch": args.points_per_batch,
         "pred_iou_thresh": args.pred_iou_thresh,
         "stability_score_thresh": args.stability_thresh,
+        "containment_thresh": args.containment_thresh,
         "min_area": args.min_area,
         "max_area": args.max_area,
         "crop_layers": args.crop_layers,

@@ -27,6 +27,7 @@ from napari_sam.everything._params import (
 from napari_sam.everything._resolve import (
     Candidates,
     box_nms,
+    drop_contained_parts,
     labels_from_index,
     mask_dedup,
     resolve_overlaps,
@@ -279,7 +280,7 @@ def _new_timings() -> dict[str, float]:
 
 def _new_stats() -> dict[str, int]:
     keys = ("prompts", "candidates", "passed_filters", "after_area", "after_nms")
-    return dict.fromkeys((*keys, "after_mask_dedup", "objects", "crops"), 0)
+    return dict.fromkeys((*keys, "after_mask_dedup", "after_containment", "objects", "crops"), 0)
 
 
 def make_predictor(model: str | os.PathLike, predictor):
@@ -312,6 +313,7 @@ def segment_everything(
     min_area: int = 16,
     max_area: int | None = None,
     min_visible_fraction: float = 0.2,
+    containment_thresh: float | None = 0.8,
     crop_layers: int = 0,
     crop_overlap_ratio: float = 512 / 1500,
     crop_points_downscale: int = 1,
@@ -329,8 +331,10 @@ def segment_everything(
     multimask output), which all compete. Candidates are filtered by predicted
     IoU and stability score (on the low-res logits, before upscaling), cleaned
     (holes and islands smaller than ``min_area`` filled/removed), filtered by
-    area, de-duplicated (box NMS, then mask IoU) and resolved into one label
-    image in which each pixel belongs to the smallest mask covering it.
+    area, de-duplicated (box NMS, then mask IoU), rid of masks lying mostly
+    inside a larger better-scored mask (sub-parts, ``containment_thresh``) and
+    resolved into one label image in which each pixel belongs to the smallest
+    mask covering it.
 
     Parameters
     ----------
@@ -356,6 +360,12 @@ def segment_everything(
     max_area : largest object in pixels (None: no limit)
     min_visible_fraction : an object covered by smaller objects so that less
         than this fraction of its mask stays visible is dropped
+    containment_thresh : a mask of which at least this fraction lies inside a
+        larger kept mask with a better score (predicted IoU, then stability) is
+        a part of that object (SAM's sub-part candidates) and is dropped; a
+        nested mask scoring at least as well as its container stays (and keeps
+        its pixels); None keeps nested masks (each pixel then goes to the
+        smallest mask covering it)
     crop_layers : 0 = whole image only; ``n`` adds zoomed-in crops in layers
         ``1..n`` (``4**i`` crops in layer ``i``), each embedded separately, to
         find small objects
@@ -411,6 +421,7 @@ def segment_everything(
         min_area=min_area,
         max_area=max_area,
         min_visible_fraction=min_visible_fraction,
+        containment_thresh=containment_thresh,
         crop_layers=crop_layers,
         crop_overlap_ratio=crop_overlap_ratio,
         crop_points_downscale=crop_points_downscale,
@@ -486,6 +497,8 @@ def run_everything(
     stats["after_nms"] = len(cands)
     cands = mask_dedup(cands, params.box_nms_thresh)
     stats["after_mask_dedup"] = len(cands)
+    cands = drop_contained_parts(cands, params.containment_thresh)
+    stats["after_containment"] = len(cands)
     index, _ = resolve_overlaps(
         cands.masks,
         np.asarray(cands.iou) + 1e-3 * np.asarray(cands.stability),

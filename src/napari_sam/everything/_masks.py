@@ -89,17 +89,22 @@ class CompactMask:
         return out
 
 
-def mask_iou(a: CompactMask, b: CompactMask) -> float:
-    """Intersection over union of two compact masks (0 when both are empty)."""
+def mask_intersection(a: CompactMask, b: CompactMask) -> int:
+    """Number of pixels in both compact masks."""
     r0 = max(a.bbox[0], b.bbox[0])
     c0 = max(a.bbox[1], b.bbox[1])
     r1 = min(a.bbox[2], b.bbox[2])
     c1 = min(a.bbox[3], b.bbox[3])
-    inter = 0
-    if r1 > r0 and c1 > c0:
-        ca = a.crop()[r0 - a.bbox[0] : r1 - a.bbox[0], c0 - a.bbox[1] : c1 - a.bbox[1]]
-        cb = b.crop()[r0 - b.bbox[0] : r1 - b.bbox[0], c0 - b.bbox[1] : c1 - b.bbox[1]]
-        inter = int(np.count_nonzero(ca & cb))
+    if r1 <= r0 or c1 <= c0:
+        return 0
+    ca = a.crop()[r0 - a.bbox[0] : r1 - a.bbox[0], c0 - a.bbox[1] : c1 - a.bbox[1]]
+    cb = b.crop()[r0 - b.bbox[0] : r1 - b.bbox[0], c0 - b.bbox[1] : c1 - b.bbox[1]]
+    return int(np.count_nonzero(ca & cb))
+
+
+def mask_iou(a: CompactMask, b: CompactMask) -> float:
+    """Intersection over union of two compact masks (0 when both are empty)."""
+    inter = mask_intersection(a, b)
     union = a.area + b.area - inter
     return inter / union if union > 0 else 0.0
 

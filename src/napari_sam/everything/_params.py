@@ -52,7 +52,8 @@ class EverythingResult:
     objects : one :class:`ObjectRecord` per id, in id order
     stats : candidate counts after each stage (``"prompts"``, ``"candidates"``
         (3 per prompt), ``"passed_filters"``, ``"after_area"``, ``"after_nms"``,
-        ``"after_mask_dedup"``, ``"objects"``) and the number of ``"crops"``
+        ``"after_mask_dedup"``, ``"after_containment"``, ``"objects"``) and the
+        number of ``"crops"``
         embedded (whole slice, crop layers, tiles)
     timings : wall-clock seconds spent in ``"embed"`` (image encoder),
         ``"decode"`` (mask decoder and the IoU/stability filters), ``"masks"``
@@ -79,6 +80,7 @@ class EverythingParams:
     min_area: int = 16
     max_area: int | None = None
     min_visible_fraction: float = 0.2
+    containment_thresh: float | None = 0.8
     crop_layers: int = 0
     crop_overlap_ratio: float = 512 / 1500
     crop_points_downscale: int = 1
@@ -98,6 +100,10 @@ class EverythingParams:
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        if self.containment_thresh is not None and not 0.0 < float(self.containment_thresh) <= 1.0:
+            raise ValueError(
+                f"containment_thresh must be in (0, 1] or None, got {self.containment_thresh!r}"
+            )
         if not math.isfinite(float(self.pred_iou_thresh)):
             raise ValueError(f"pred_iou_thresh must be finite, got {self.pred_iou_thresh!r}")
         if not float(self.stability_offset) > 0:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_sam.boxes import batched_nms, nms, overlapping_pairs
-from napari_sam.everything._masks import CompactMask, mask_iou
+from napari_sam.everything._masks import CompactMask, mask_intersection, mask_iou
 from napari_sam.everything._params import EverythingParams, ObjectRecord
 
 
@@ -83,6 +83,60 @@ def mask_dedup(cands: Candidates, thresh: float) -> Candidates:
         if any(i not in dropped for i in dup.get(j, ())):
             dropped.add(j)
     return cands.subset([i for i in range(len(cands)) if i not in dropped])
+
+
+def drop_contained_parts(cands: Candidates, thresh: float | None) -> Candidates:
+    """Drop masks that lie mostly inside a larger, better-scored kept mask.
+
+    SAM's multimask output gives, besides the whole object, its *sub-parts*,
+    which pass the score filters too and, under the "smallest mask wins" rule
+    of :func:`resolve_overlaps`, split the object into pieces. Box NMS does not
+    see them (a part's box overlaps the object's box by little). Here a mask
+    ``i`` is a *part* of a larger mask ``j`` when at least ``thresh`` of its
+    pixels lie inside ``j`` and ``j`` has the strictly better score (predicted
+    IoU, then stability score): the part is dropped and ``j`` keeps its pixels,
+    as SAM's NMS keeps the better-scored of two overlapping masks. A nested
+    mask that scores at least as well as its container (e.g. a nucleolus the
+    model is sure of) stays and keeps its pixels in :func:`resolve_overlaps`.
+    Masks are decided from the largest to the smallest, and a dropped mask
+    removes no others.
+
+    Parameters
+    ----------
+    cands : candidates after de-duplication
+    thresh : fraction of a mask's area, in ``(0, 1]``, that must lie inside the
+        container; None keeps every mask
+
+    Returns
+    -------
+    Candidates
+        The kept candidates, in their original order.
+    """
+    n = len(cands)
+    if thresh is None or n < 2:
+        return cands
+    areas = np.asarray([m.area for m in cands.masks])
+    iou = np.asarray(cands.iou, dtype=np.float64)
+    stab = np.asarray(cands.stability, dtype=np.float64)
+    neighbours: dict[int, list[int]] = {}
+    for i, j in overlapping_pairs(cands.boxes()):
+        i, j = int(i), int(j)
+        if areas[i] < areas[j]:
+            neighbours.setdefault(i, []).append(j)
+        elif areas[j] < areas[i]:
+            neighbours.setdefault(j, []).append(i)
+    dropped = np.zeros(n, dtype=bool)
+    for i in np.argsort(-areas, kind="stable"):  # containers are decided before their parts
+        for j in neighbours.get(int(i), ()):
+            better = iou[j] > iou[i] or (iou[j] == iou[i] and stab[j] > stab[i])
+            if (
+                better
+                and not dropped[j]
+                and mask_intersection(cands.masks[i], cands.masks[j]) >= thresh * areas[i]
+            ):
+                dropped[i] = True
+                break
+    return cands.subset(np.flatnonzero(~dropped))
 
 
 def resolve_overlaps(
