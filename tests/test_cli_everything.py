@@ -192,3 +192,19 @@ def test_containment_option_reaches_segment_everything(
     extra = [] if value is None else ["--containment-thresh", value]
     assert _run(src, "--out", tmp_path / "o.tif", *extra) == 0
     assert seen["containment_thresh"] == expected
+
+
+def test_pred_iou_thresh_is_left_to_the_model_unless_given(tmp_path, oracle, monkeypatch):
+    import napari_sam.everything as everything
+
+    seen = []
+    real = everything.segment_everything
+    monkeypatch.setattr(
+        everything, "segment_everything",
+        lambda *a, **kw: seen.append(kw["pred_iou_thresh"]) or real(*a, **kw),
+    )
+    src = tmp_path / "image.tif"
+    tifffile.imwrite(src, _stack()[0])
+    assert _run(src, "--out", tmp_path / "a.tif") == 0
+    assert _run(src, "--out", tmp_path / "b.tif", "--pred-iou-thresh", "0.7") == 0
+    assert seen == [None, 0.7]

@@ -957,3 +957,17 @@ def test_real_model_stack(tiny_predictor):
     assert res.labels.shape == (3, 48, 48) and res.labels.dtype == np.uint32
     ids = np.unique(res.labels)
     assert ids[ids > 0].tolist() == list(range(1, len(res.objects) + 1))
+
+
+def test_pred_iou_thresh_defaults_to_the_models_recommendation():
+    from napari_sam.everything._params import DEFAULT_PRED_IOU_THRESH, EverythingParams
+    from napari_sam.model.registry import recommended_everything
+
+    assert recommended_everything("micro") == {"pred_iou_thresh": 0.6}
+    assert recommended_everything("vit_b") == {} == recommended_everything("/a/model.pt")
+    unset = EverythingParams()
+    assert unset.pred_iou_thresh is None
+    assert unset.for_model("micro").pred_iou_thresh == 0.6
+    assert unset.for_model("vit_b").pred_iou_thresh == DEFAULT_PRED_IOU_THRESH == 0.8
+    assert unset.for_model(None).pred_iou_thresh == 0.8
+    assert EverythingParams(pred_iou_thresh=0.9).for_model("micro").pred_iou_thresh == 0.9

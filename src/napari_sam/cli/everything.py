@@ -26,7 +26,12 @@ def register(sub) -> None:
     add_model_options(p)
     p.add_argument("--points-per-side", type=int, default=32, help="prompt grid per side [32]")
     p.add_argument("--points-per-batch", type=int, default=64, help="prompts per decoder call [64]")
-    p.add_argument("--pred-iou-thresh", type=float, default=0.8, help="min predicted IoU [0.8]")
+    p.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=None,
+        help="min predicted IoU [the model's recommendation: micro 0.6; others 0.8]",
+    )
     p.add_argument("--stability-thresh", type=float, default=0.9, help="min stability score [0.9]")
     p.add_argument(
         "--containment-thresh",

@@ -67,13 +67,17 @@ class EverythingResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+#: SAM's predicted-IoU threshold, for models without a recommendation of their own.
+DEFAULT_PRED_IOU_THRESH = 0.8
+
+
 @dataclass(frozen=True)
 class EverythingParams:
     """Validated parameters of everything mode (see :func:`segment_everything`)."""
 
     points_per_side: int = 32
     points_per_batch: int = 64
-    pred_iou_thresh: float = 0.8
+    pred_iou_thresh: float | None = None
     stability_score_thresh: float = 0.9
     stability_offset: float = 1.0
     box_nms_thresh: float = 0.7
@@ -104,7 +108,7 @@ class EverythingParams:
             raise ValueError(
                 f"containment_thresh must be in (0, 1] or None, got {self.containment_thresh!r}"
             )
-        if not math.isfinite(float(self.pred_iou_thresh)):
+        if self.pred_iou_thresh is not None and not math.isfinite(float(self.pred_iou_thresh)):
             raise ValueError(f"pred_iou_thresh must be finite, got {self.pred_iou_thresh!r}")
         if not float(self.stability_offset) > 0:
             raise ValueError(f"stability_offset must be > 0, got {self.stability_offset!r}")
@@ -123,6 +127,22 @@ class EverythingParams:
             )
         if self.tiling not in TILING_MODES:
             raise ValueError(f"tiling must be 'auto' or 'off', got {self.tiling!r}")
+
+    def for_model(self, model_name: str | None) -> EverythingParams:
+        """These parameters with the unset ones (None) taken from the model's recommendation.
+
+        ``pred_iou_thresh=None`` becomes the registry's value for ``model_name``
+        (:func:`napari_sam.model.registry.recommended_everything`), else
+        :data:`DEFAULT_PRED_IOU_THRESH`.
+        """
+        if self.pred_iou_thresh is not None:
+            return self
+        from dataclasses import replace
+
+        from napari_sam.model.registry import recommended_everything
+
+        value = recommended_everything(model_name).get("pred_iou_thresh", DEFAULT_PRED_IOU_THRESH)
+        return replace(self, pred_iou_thresh=float(value))
 
 
 def check_cancel(cancel: Any) -> None:

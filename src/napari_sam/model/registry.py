@@ -24,6 +24,9 @@ class ModelInfo:
     propagation : options of :func:`napari_sam.propagation.propagate` measured to
         suit this model better than the generic defaults (used when the caller
         leaves them unset), e.g. ``{"fade_threshold": 0.4}``
+    everything : options of :func:`napari_sam.everything.segment_everything`
+        measured to suit this model better than the generic defaults (used
+        when the caller leaves them unset), e.g. ``{"pred_iou_thresh": 0.6}``
     """
 
     name: str
@@ -34,6 +37,7 @@ class ModelInfo:
     filename: str
     description: str
     propagation: Mapping[str, Any] = field(default_factory=dict)
+    everything: Mapping[str, Any] = field(default_factory=dict)
 
 
 #: The model used when none is named (the bundled model once it exists).
@@ -50,6 +54,8 @@ REGISTRY: dict[str, ModelInfo] = {
             "bundled small microscopy SAM (trained here on synthetic data), 8.5 MB, offline",
             # it runs past the ends of nuclei into out-of-focus light: docs/bundled_model.md
             propagation={"prompt_mode": "box+mask+neg", "fade_threshold": 0.4},
+            # its IoU head scores most nuclei below SAM's 0.8: docs/everything.md
+            everything={"pred_iou_thresh": 0.6},
         ),
         ModelInfo(
             "vit_b", "vit_b", _SAM_URL + "sam_vit_b_01ec64.pth",
@@ -115,3 +121,9 @@ def recommended_propagation(model_name: str | None) -> dict[str, Any]:
     """Propagation options recommended for a registry model (empty for others and paths)."""
     info = REGISTRY.get(model_name) if isinstance(model_name, str) else None
     return dict(info.propagation) if info is not None else {}
+
+
+def recommended_everything(model_name: str | None) -> dict[str, Any]:
+    """Everything-mode options recommended for a registry model (empty for others and paths)."""
+    info = REGISTRY.get(model_name) if isinstance(model_name, str) else None
+    return dict(info.everything) if info is not None else {}
