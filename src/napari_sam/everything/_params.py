@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -137,8 +137,6 @@ class EverythingParams:
         """
         if self.pred_iou_thresh is not None:
             return self
-        from dataclasses import replace
-
         from napari_sam.model.registry import recommended_everything
 
         value = recommended_everything(model_name).get("pred_iou_thresh", DEFAULT_PRED_IOU_THRESH)
