@@ -117,13 +117,16 @@ def get_model_info(name: str) -> ModelInfo:
         ) from None
 
 
+def _recommended(model_name: str | None, field_name: str) -> dict[str, Any]:
+    info = REGISTRY.get(model_name) if isinstance(model_name, str) else None
+    return dict(getattr(info, field_name)) if info is not None else {}
+
+
 def recommended_propagation(model_name: str | None) -> dict[str, Any]:
     """Propagation options recommended for a registry model (empty for others and paths)."""
-    info = REGISTRY.get(model_name) if isinstance(model_name, str) else None
-    return dict(info.propagation) if info is not None else {}
+    return _recommended(model_name, "propagation")
 
 
 def recommended_everything(model_name: str | None) -> dict[str, Any]:
     """Everything-mode options recommended for a registry model (empty for others and paths)."""
-    info = REGISTRY.get(model_name) if isinstance(model_name, str) else None
-    return dict(info.everything) if info is not None else {}
+    return _recommended(model_name, "everything")
