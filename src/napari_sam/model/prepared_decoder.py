@@ -336,8 +336,12 @@ class PreparedDecoder:
                     nq = nxt.norm1(queries + nxt.self_attn(q, q, queries))
                     t2i = _TokenToImage(nxt.cross_attn_token_to_image, nq + qpe, self.pos_k[i + 1])
                 else:
-                    nq = queries
-                    t2i = _TokenToImage(tr.final_attn_token_to_image, nq + qpe, self.pos_k["final"])
+                    # the final attention is per token: only the IoU token and the
+                    # mask tokens of the outputs asked for are used after it
+                    keep = [0] + [1 + o for o in outputs]
+                    nq = queries[:, keep]
+                    final = tr.final_attn_token_to_image
+                    t2i = _TokenToImage(final, nq + qpe[:, keep], self.pos_k["final"])
                 self._image_pass(i, keys, i2t, layer.norm4, t2i, tokens_per_chunk)
                 attn_out = t2i.output()
                 if i + 1 < len(layers):
@@ -346,11 +350,9 @@ class PreparedDecoder:
                 else:
                     queries = tr.norm_final_attn(nq + attn_out)
             iou = dec.iou_prediction_head(queries[:, 0])
-            mask_tokens = queries[:, 1 : 1 + dec.num_mask_tokens]
-            sel = list(outputs)
         return DecoderOutput(
-            iou=iou[:, sel],
-            mask_tokens=mask_tokens[:, sel],
+            iou=iou[:, list(outputs)],
+            mask_tokens=queries[:, 1:],  # those of ``outputs``, in that order
             image_tokens=keys[0] if len(keys) == 1 else torch.cat(keys, dim=1),
             outputs=outputs,
         )
