@@ -357,8 +357,11 @@ class Block(nn.Module):
             qkv = attn.qkv(x)  # (B, h, w, 3C)
         b, h, w, c3 = qkv.shape
         nh, nw = -(-h // ws), -(-w // ws)
-        zero_token = qkv.new_zeros(1, c3 // 3)
-        windows = _to_windows(qkv, ws, attn.num_heads, lambda: attn.qkv(zero_token)[0])
+
+        def padding():  # qkv of a zero token, only computed when windows are padded
+            return attn.qkv(qkv.new_zeros(1, c3 // 3))[0]
+
+        windows = _to_windows(qkv, ws, attn.num_heads, padding)
         out = attn.attend(windows, ws, ws)  # (B * nh * nw, heads, ws * ws, c)
         out = out.view(b, nh, nw, attn.num_heads, ws, ws, -1).permute(0, 1, 4, 2, 5, 3, 6)
         return out.reshape(b, nh * ws, nw * ws, -1)[:, :h, :w]
