@@ -134,6 +134,41 @@ def test_upscale_equals_sam_postprocessing_exactly(original):
     assert torch.equal(mine, ref)
 
 
+def _blob_logits(n: int, size: int, seed: int) -> torch.Tensor:
+    """Logits like a decoder's: a few positive blobs (some at the borders) in negative noise."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    out = torch.randn(n, size, size, generator=g) - 6
+    for k in range(n):
+        for _ in range(k % 3 + 1):
+            cy, cx, r = (torch.rand(3, generator=g) * torch.tensor([size, size, size / 5])).tolist()
+            out[k] += 12 * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (r + 1) ** 2))
+    out[-1, 0, :] = 5.0  # a mask touching the top border
+    return out
+
+
+@pytest.mark.parametrize(
+    "original", [(256, 256), (96, 160), (160, 96), (70, 45), (300, 300), (1000, 37), (256, 200)]
+)
+def test_upscale_masks_equal_thresholded_upscale(original):
+    ours, _ = make_pair("vit_tiny")
+    pred = Predictor(ours, precision="float32")
+    emb = _embedding(ours, original=original)
+    cases = [
+        _blob_logits(6, 64, seed=8),
+        torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(9)) * 4,  # noise
+        torch.full((1, 64, 64), -3.0),  # empty
+        torch.full((1, 64, 64), 2.0),  # everything
+    ]
+    thr = ours.mask_threshold
+    for logits in cases:
+        ref = (pred.upscale(emb, logits) > thr).numpy()
+        mine = pred.upscale_masks(emb, logits)
+        assert mine.shape == ref.shape == (logits.shape[0], *original)
+        assert mine.dtype == bool
+        assert np.array_equal(mine, ref)
+
+
 def test_masks_are_upscaled_lazily_and_equal_eager_ones():
     ours, _ = make_pair("vit_tiny")
     pred = Predictor(ours, precision="float32")

@@ -640,6 +640,71 @@ class Predictor:
             out = F.interpolate(out, (oh, ow), mode="bilinear", align_corners=False)
         return out.reshape(*lead, *out.shape[-2:])
 
+    def upscale_masks(self, embedding: Embedding, logits) -> np.ndarray:
+        """Low-res logits ``(..., h, w)`` -> bool masks at the slice size ``(..., H, W)``.
+
+        Equal to ``upscale(embedding, logits) > mask_threshold``, computed on
+        less: a bilinear value is a convex combination of neighbouring low-res
+        values, so a pixel whose low-res neighbours are all at or below the
+        threshold is too. Only the low-res block around each mask's pixels
+        above the threshold (with a margin of :attr:`_MASK_MARGIN` cells) is
+        upscaled; inside it the values are those of :meth:`upscale` (the block
+        is cut on whole cells, so its interpolation weights are the same).
+        """
+        import torch
+        import torch.nn.functional as F
+
+        thr = float(self.model.mask_threshold)
+        t = torch.as_tensor(logits, device=self.device, dtype=torch.float32)
+        lead = t.shape[:-2]
+        lh, lw = t.shape[-2:]
+        t = t.reshape(-1, lh, lw)
+        s = self.image_size
+        (ih, iw), (oh, ow) = embedding.input_size, embedding.original_size
+        if s % lh or s % lw:  # not an integer scale: no block structure
+            return (self.upscale(embedding, logits) > thr).cpu().numpy()
+        fy, fx = s // lh, s // lw
+        m = self._MASK_MARGIN
+        out = np.zeros((t.shape[0], oh, ow), dtype=bool)
+        with torch.inference_mode():
+            for k in range(t.shape[0]):
+                above = t[k] > thr
+                rows = torch.nonzero(above.any(dim=1)).flatten()
+                if rows.numel() == 0:
+                    continue  # every value at or below the threshold: so is every pixel
+                cols = torch.nonzero(above.any(dim=0)).flatten()
+                a0, a1 = max(0, int(rows[0]) - m), min(lh, int(rows[-1]) + 1 + m)
+                b0, b1 = max(0, int(cols[0]) - m), min(lw, int(cols[-1]) + 1 + m)
+                y0, x0 = a0 * fy, b0 * fx
+                y1, x1 = min(ih, a1 * fy), min(iw, b1 * fx)
+                if y1 <= y0 or x1 <= x0:
+                    continue  # the block lies in the padding that the crop removes
+                block = F.interpolate(
+                    t[k, a0:a1, b0:b1][None, None],
+                    ((a1 - a0) * fy, (b1 - b0) * fx),
+                    mode="bilinear",
+                    align_corners=False,
+                )[0, 0, : y1 - y0, : x1 - x0]
+                if (ih, iw) == (oh, ow):
+                    out[k, y0:y1, x0:x1] = (block > thr).cpu().numpy()
+                    continue
+                # the second resize reads pixels next to the block too: outside it
+                # every value is at or below the threshold, and the threshold
+                # itself stands in for them (the margin keeps it away from
+                # pixels above the threshold, so no sign changes)
+                crop = torch.full((ih, iw), thr, dtype=t.dtype, device=t.device)
+                crop[y0:y1, x0:x1] = block
+                full = F.interpolate(crop[None, None], (oh, ow), mode="bilinear",
+                                     align_corners=False)[0, 0]
+                out[k] = (full > thr).cpu().numpy()
+        return out.reshape(*lead, oh, ow)
+
+    #: Low-res cells around a mask's pixels above the threshold that :meth:`upscale_masks`
+    #: upscales too (two keep the block's border rows, clamped differently from the
+    #: whole image, below the threshold; the third keeps the second resize exact).
+    _MASK_MARGIN = 3
+
+
 
 class _MaskUpscaler:
     """Masks at the slice size from one prediction's low-res logits, on demand."""
@@ -655,8 +720,7 @@ class _MaskUpscaler:
         import torch
 
         with torch.inference_mode():
-            full = self.predictor.upscale(self.embedding, self.logits[list(indices)])
-            return (full > self.predictor.model.mask_threshold).cpu().numpy()
+            return self.predictor.upscale_masks(self.embedding, self.logits[list(indices)])
 
 
 def segment_slice(
