@@ -3,8 +3,8 @@
 Run from the repository root (several minutes on a loaded 2-core CPU)::
 
     .venv/bin/python benchmarks/everything_tiles.py [--seeds 9911 9912] [--size 512]
-        [--points-per-side 32] [--pred-iou-thresh 0.7] [--containment-thresh 0.8|none]
-        [--threads 1]
+        [--points-per-side 32] [--pred-iou-thresh 0.7] [--stability-thresh 0.9]
+        [--box-nms-thresh 0.7] [--containment-thresh 0.8|none|auto] [--threads 1]
 
 Generated fluorescent nuclei (``napari_sam.synthetic.nuclei_2d``, radius 4-15
 px) on a ``size x size`` slice are segmented by everything mode with
@@ -44,12 +44,22 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[9911, 9912])
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--points-per-side", type=int, default=32)
-    ap.add_argument("--pred-iou-thresh", type=float, default=0.8)
+    ap.add_argument(
+        "--pred-iou-thresh", type=float, default=None, help="default: the model's (micro 0.6)"
+    )
+    ap.add_argument(
+        "--stability-thresh", type=float, default=None, help="default: the model's (micro 0.85)"
+    )
+    ap.add_argument(
+        "--box-nms-thresh", type=float, default=None, help="default: the model's (micro 0.5)"
+    )
     ap.add_argument(
         "--containment-thresh",
-        type=lambda v: None if v.lower() == "none" else float(v),
-        default=0.8,
-        help="segment_everything's containment_thresh ('none': keep nested sub-parts)",
+        type=lambda v: v.lower() if v.lower() == "auto" else None if v.lower() == "none"
+        else float(v),
+        default="auto",
+        help="segment_everything's containment_thresh ('none': keep nested sub-parts; "
+        "'auto', the default: the model's, micro 0.5)",
     )
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -64,8 +74,9 @@ def main() -> None:
     predictor = Predictor("micro", precision="float32")
     print(
         f"micro, {args.size} x {args.size}, points_per_side {args.points_per_side}, "
-        f"pred_iou_thresh {args.pred_iou_thresh}, containment_thresh "
-        f"{args.containment_thresh}, {args.threads} torch thread(s), "
+        f"pred_iou_thresh {args.pred_iou_thresh}, stability {args.stability_thresh}, "
+        f"box NMS {args.box_nms_thresh}, containment_thresh {args.containment_thresh} "
+        f"(None/auto: the model's), {args.threads} torch thread(s), "
         f"load {os.getloadavg()[0]:.1f}"
     )
     print(
@@ -82,6 +93,8 @@ def main() -> None:
                 predictor=predictor,
                 points_per_side=args.points_per_side,
                 pred_iou_thresh=args.pred_iou_thresh,
+                stability_score_thresh=args.stability_thresh,
+                box_nms_thresh=args.box_nms_thresh,
                 containment_thresh=args.containment_thresh,
                 tiling=tiling,
             )

@@ -173,7 +173,9 @@ def test_tiling_option(tmp_path, monkeypatch, option, embeds):
     assert made[0].embedded == embeds and set(made[0].tiling_args) == {"off"}
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, 0.8), ("none", None), ("0.6", 0.6)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, "auto"), ("auto", "auto"), ("none", None), ("0.6", 0.6)]
+)
 def test_containment_option_reaches_segment_everything(
     tmp_path, oracle, monkeypatch, value, expected
 ):
@@ -194,17 +196,19 @@ def test_containment_option_reaches_segment_everything(
     assert seen["containment_thresh"] == expected
 
 
-def test_pred_iou_thresh_is_left_to_the_model_unless_given(tmp_path, oracle, monkeypatch):
+def test_thresholds_are_left_to_the_model_unless_given(tmp_path, oracle, monkeypatch):
     import napari_sam.everything as everything
 
+    names = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh")
     seen = []
     real = everything.segment_everything
     monkeypatch.setattr(
         everything, "segment_everything",
-        lambda *a, **kw: seen.append(kw["pred_iou_thresh"]) or real(*a, **kw),
+        lambda *a, **kw: seen.append(tuple(kw[n] for n in names)) or real(*a, **kw),
     )
     src = tmp_path / "image.tif"
     tifffile.imwrite(src, _stack()[0])
     assert _run(src, "--out", tmp_path / "a.tif") == 0
-    assert _run(src, "--out", tmp_path / "b.tif", "--pred-iou-thresh", "0.7") == 0
-    assert seen == [None, 0.7]
+    given = ("--pred-iou-thresh", "0.7", "--stability-thresh", "0.8", "--box-nms-thresh", "0.6")
+    assert _run(src, "--out", tmp_path / "b.tif", *given) == 0
+    assert seen == [(None, None, None), (0.7, 0.8, 0.6)]

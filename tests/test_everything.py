@@ -959,15 +959,34 @@ def test_real_model_stack(tiny_predictor):
     assert ids[ids > 0].tolist() == list(range(1, len(res.objects) + 1))
 
 
-def test_pred_iou_thresh_defaults_to_the_models_recommendation():
-    from napari_sam.everything._params import DEFAULT_PRED_IOU_THRESH, EverythingParams
+def test_unset_options_default_to_the_models_recommendation():
+    from napari_sam.everything._params import MODEL_DEFAULTS, EverythingParams
     from napari_sam.model.registry import recommended_everything
 
-    assert recommended_everything("micro") == {"pred_iou_thresh": 0.6}
+    micro = {
+        "pred_iou_thresh": 0.6,
+        "stability_score_thresh": 0.85,
+        "box_nms_thresh": 0.5,
+        "containment_thresh": 0.5,
+    }
+    assert recommended_everything("micro") == micro
     assert recommended_everything("vit_b") == {} == recommended_everything("/a/model.pt")
+    assert MODEL_DEFAULTS == {
+        "pred_iou_thresh": 0.8,
+        "stability_score_thresh": 0.9,
+        "box_nms_thresh": 0.7,
+        "containment_thresh": 0.8,
+    }
     unset = EverythingParams()
-    assert unset.pred_iou_thresh is None
-    assert unset.for_model("micro").pred_iou_thresh == 0.6
-    assert unset.for_model("vit_b").pred_iou_thresh == DEFAULT_PRED_IOU_THRESH == 0.8
-    assert unset.for_model(None).pred_iou_thresh == 0.8
-    assert EverythingParams(pred_iou_thresh=0.9).for_model("micro").pred_iou_thresh == 0.9
+    assert unset.pred_iou_thresh is None and unset.containment_thresh == "auto"
+    for model, expected in (("micro", micro), ("vit_b", MODEL_DEFAULTS), (None, MODEL_DEFAULTS)):
+        resolved = unset.for_model(model)
+        assert {name: getattr(resolved, name) for name in expected} == expected
+    given = EverythingParams(
+        pred_iou_thresh=0.9, stability_score_thresh=0.95, box_nms_thresh=0.6,
+        containment_thresh=None,
+    ).for_model("micro")
+    assert (given.pred_iou_thresh, given.stability_score_thresh) == (0.9, 0.95)
+    assert (given.box_nms_thresh, given.containment_thresh) == (0.6, None)  # None: rule off
+    with pytest.raises(ValueError, match="containment_thresh"):
+        EverythingParams(containment_thresh="sometimes")

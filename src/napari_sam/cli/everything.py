@@ -32,13 +32,26 @@ def register(sub) -> None:
         default=None,
         help="min predicted IoU [the model's recommendation: micro 0.6; others 0.8]",
     )
-    p.add_argument("--stability-thresh", type=float, default=0.9, help="min stability score [0.9]")
+    p.add_argument(
+        "--stability-thresh",
+        type=float,
+        default=None,
+        help="min stability score [the model's recommendation: micro 0.85; others 0.9]",
+    )
+    p.add_argument(
+        "--box-nms-thresh",
+        type=float,
+        default=None,
+        help="candidates overlapping a better one with IoU above this are duplicates "
+        "[the model's recommendation: micro 0.5; others 0.7]",
+    )
     p.add_argument(
         "--containment-thresh",
-        type=_fraction_or_none,
-        default=0.8,
+        type=_containment,
+        default="auto",
         help="drop a mask when this fraction of it lies inside a larger, better-scored "
-        "mask (an object's sub-parts); 'none' keeps nested masks [0.8]",
+        "mask (an object's sub-parts); 'none' keeps nested masks "
+        "[auto: the model's recommendation: micro 0.5; others 0.8]",
     )
     p.add_argument(
         "--min-area", type=int, default=16, help="smallest object / largest hole in px [16]"
@@ -105,14 +118,17 @@ def _smallest_dtype(labels: np.ndarray) -> np.ndarray:
     return labels.astype(dtype, copy=False)
 
 
-def _fraction_or_none(value: str) -> float | None:
-    """``--containment-thresh`` value: a number, or 'none'."""
-    if value.strip().lower() == "none":
-        return None
+def _containment(value: str) -> float | str | None:
+    """``--containment-thresh`` value: a number, 'none' or 'auto'."""
+    word = value.strip().lower()
+    if word in ("none", "auto"):
+        return None if word == "none" else "auto"
     try:
         return float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a number, 'none' or 'auto', got {value!r}"
+        ) from None
 
 
 def _params(args: argparse.Namespace) -> dict:
@@ -121,6 +137,7 @@ def _params(args: argparse.Namespace) -> dict:
         "points_per_batch": args.points_per_batch,
         "pred_iou_thresh": args.pred_iou_thresh,
         "stability_score_thresh": args.stability_thresh,
+        "box_nms_thresh": args.box_nms_thresh,
         "containment_thresh": args.containment_thresh,
         "min_area": args.min_area,
         "max_area": args.max_area,

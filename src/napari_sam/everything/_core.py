@@ -307,13 +307,13 @@ def segment_everything(
     points_per_side: int = 32,
     points_per_batch: int = 64,
     pred_iou_thresh: float | None = None,
-    stability_score_thresh: float = 0.9,
+    stability_score_thresh: float | None = None,
     stability_offset: float = 1.0,
-    box_nms_thresh: float = 0.7,
+    box_nms_thresh: float | None = None,
     min_area: int = 16,
     max_area: int | None = None,
     min_visible_fraction: float = 0.2,
-    containment_thresh: float | None = 0.8,
+    containment_thresh: float | str | None = "auto",
     crop_layers: int = 0,
     crop_overlap_ratio: float = 512 / 1500,
     crop_points_downscale: int = 1,
@@ -352,11 +352,14 @@ def segment_everything(
     pred_iou_thresh : keep candidates whose predicted IoU is ``>`` this; None: the
         model's recommendation from the registry (``micro``: 0.6, its IoU head
         scores most nuclei below 0.8), else SAM's 0.8
-    stability_score_thresh : keep candidates whose stability score is ``>=`` this
+    stability_score_thresh : keep candidates whose stability score is ``>=`` this;
+        None: the model's recommendation (``micro``: 0.85, its soft mask edges
+        give small nuclei lower scores), else 0.9
     stability_offset : logit offset of the stability score (IoU of the masks
         ``logits > +offset`` and ``logits > -offset``)
     box_nms_thresh : boxes (and masks) overlapping a better candidate with IoU
-        ``>`` this are duplicates
+        ``>`` this are duplicates; None: the model's recommendation (``micro``:
+        0.5), else SAM's 0.7
     min_area : smallest object in pixels; also the largest hole that is filled
         and the largest island that is removed from a mask
     max_area : largest object in pixels (None: no limit)
@@ -367,7 +370,8 @@ def segment_everything(
         a part of that object (SAM's sub-part candidates) and is dropped; a
         nested mask scoring at least as well as its container stays (and keeps
         its pixels); None keeps nested masks (each pixel then goes to the
-        smallest mask covering it)
+        smallest mask covering it); ``"auto"``: the model's recommendation
+        (``micro``: 0.5), else 0.8
     crop_layers : 0 = whole image only; ``n`` adds zoomed-in crops in layers
         ``1..n`` (``4**i`` crops in layer ``i``), each embedded separately, to
         find small objects

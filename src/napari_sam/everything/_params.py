@@ -70,6 +70,15 @@ class EverythingResult:
 #: SAM's predicted-IoU threshold, for models without a recommendation of their own.
 DEFAULT_PRED_IOU_THRESH = 0.8
 
+#: The values of the options left to the model (None, or ``"auto"`` for
+#: ``containment_thresh``) for models without a recommendation of their own.
+MODEL_DEFAULTS = {
+    "pred_iou_thresh": DEFAULT_PRED_IOU_THRESH,
+    "stability_score_thresh": 0.9,
+    "box_nms_thresh": 0.7,
+    "containment_thresh": 0.8,
+}
+
 
 @dataclass(frozen=True)
 class EverythingParams:
@@ -78,13 +87,13 @@ class EverythingParams:
     points_per_side: int = 32
     points_per_batch: int = 64
     pred_iou_thresh: float | None = None
-    stability_score_thresh: float = 0.9
+    stability_score_thresh: float | None = None
     stability_offset: float = 1.0
-    box_nms_thresh: float = 0.7
+    box_nms_thresh: float | None = None
     min_area: int = 16
     max_area: int | None = None
     min_visible_fraction: float = 0.2
-    containment_thresh: float | None = 0.8
+    containment_thresh: float | str | None = "auto"
     crop_layers: int = 0
     crop_overlap_ratio: float = 512 / 1500
     crop_points_downscale: int = 1
@@ -102,11 +111,19 @@ class EverythingParams:
         positive_int("crop_points_downscale")
         for name in ("stability_score_thresh", "box_nms_thresh", "min_visible_fraction"):
             value = getattr(self, name)
+            if value is None and name != "min_visible_fraction":
+                continue  # the model's recommendation (for_model)
             if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        if self.containment_thresh is not None and not 0.0 < float(self.containment_thresh) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] (or None: the model's), got {value!r}")
+        cont = self.containment_thresh
+        if isinstance(cont, str):
+            if cont != "auto":
+                raise ValueError(
+                    f"containment_thresh must be a fraction in (0, 1], None or 'auto', got {cont!r}"
+                )
+        elif cont is not None and not 0.0 < float(cont) <= 1.0:
             raise ValueError(
-                f"containment_thresh must be in (0, 1] or None, got {self.containment_thresh!r}"
+                f"containment_thresh must be in (0, 1], None or 'auto', got {cont!r}"
             )
         if self.pred_iou_thresh is not None and not math.isfinite(float(self.pred_iou_thresh)):
             raise ValueError(f"pred_iou_thresh must be finite, got {self.pred_iou_thresh!r}")
@@ -129,18 +146,28 @@ class EverythingParams:
             raise ValueError(f"tiling must be 'auto' or 'off', got {self.tiling!r}")
 
     def for_model(self, model_name: str | None) -> EverythingParams:
-        """These parameters with the unset ones (None) taken from the model's recommendation.
+        """These parameters with the ones left to the model filled in.
 
-        ``pred_iou_thresh=None`` becomes the registry's value for ``model_name``
+        ``pred_iou_thresh``, ``stability_score_thresh`` and ``box_nms_thresh``
+        left at None, and ``containment_thresh`` left at ``"auto"``, take the
+        registry's recommendation for ``model_name``
         (:func:`napari_sam.model.registry.recommended_everything`), else
-        :data:`DEFAULT_PRED_IOU_THRESH`.
+        :data:`MODEL_DEFAULTS` (SAM's values; 0.8 for the containment rule).
         """
-        if self.pred_iou_thresh is not None:
+        # containment_thresh=None turns the rule off: only "auto" is left to the model
+        unset = [
+            name
+            for name in MODEL_DEFAULTS
+            if getattr(self, name) == ("auto" if name == "containment_thresh" else None)
+        ]
+        if not unset:
             return self
         from napari_sam.model.registry import recommended_everything
 
-        value = recommended_everything(model_name).get("pred_iou_thresh", DEFAULT_PRED_IOU_THRESH)
-        return replace(self, pred_iou_thresh=float(value))
+        recommended = recommended_everything(model_name)
+        return replace(
+            self, **{name: float(recommended.get(name, MODEL_DEFAULTS[name])) for name in unset}
+        )
 
 
 def check_cancel(cancel: Any) -> None:

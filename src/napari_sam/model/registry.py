@@ -54,8 +54,15 @@ REGISTRY: dict[str, ModelInfo] = {
             "bundled small microscopy SAM (trained here on synthetic data), 8.5 MB, offline",
             # it runs past the ends of nuclei into out-of-focus light: docs/bundled_model.md
             propagation={"prompt_mode": "box+mask+neg", "fade_threshold": 0.4},
-            # its IoU head scores most nuclei below SAM's 0.8: docs/everything.md
-            everything={"pred_iou_thresh": 0.6},
+            # its IoU head scores most nuclei below SAM's 0.8, its soft mask edges
+            # give small nuclei stability scores of 0.7-0.9, and its candidates
+            # overlap more (sub-parts, neighbours merged): docs/everything.md
+            everything={
+                "pred_iou_thresh": 0.6,
+                "stability_score_thresh": 0.85,
+                "box_nms_thresh": 0.5,
+                "containment_thresh": 0.5,
+            },
         ),
         ModelInfo(
             "vit_b", "vit_b", _SAM_URL + "sam_vit_b_01ec64.pth",
