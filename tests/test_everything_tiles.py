@@ -114,7 +114,10 @@ def test_crop_plan_whole_slice_then_tiles_at_the_slice_point_spacing():
     crops = plan_crops((512, 512), EverythingParams(points_per_side=32, crop_layers=2), grid)
     sides = [max(c.box[2] - c.box[0], c.box[3] - c.box[1]) for c in crops]
     assert sides == sorted(sides, reverse=True) and len(crops) == 1 + 4 + 16 + 9
-    assert tile_points_per_side(32, (0, 0, 200, 256), (200, 1024)) == 8
+    # at least half the slice's points per side: 8 at the slice spacing, raised to 16
+    assert tile_points_per_side(32, (0, 0, 200, 256), (200, 1024)) == 16
+    assert tile_points_per_side(32, (0, 0, 256, 256), (4096, 4096)) == 16
+    assert tile_points_per_side(32, (0, 0, 256, 256), (300, 300)) == 27  # slice spacing
     assert tile_points_per_side(2, (0, 0, 64, 64), (1000, 1000)) == 1
     with pytest.raises(ValueError, match="tiling"):
         EverythingParams(tiling="on")

@@ -141,14 +141,18 @@ TILE_LAYER = -1
 
 
 def tile_points_per_side(points_per_side: int, box, shape: tuple[int, int]) -> int:
-    """Points per side of a tile's grid: the whole slice's point spacing, in slice pixels.
+    """Points per side of a tile's grid: the whole slice's point spacing, at most doubled.
 
     ``points_per_side`` points across the slice's longest side give a spacing
     of ``max(H, W) / points_per_side`` pixels; a tile gets as many points as fit
-    its longest side at that spacing (at least 1).
+    its longest side at that spacing, and at least ``points_per_side // 2``
+    (at least 1). Tiles are at native resolution, where objects keep their
+    size in pixels however large the slice is: without the floor, a 2048 px
+    slice would get 4 points per 256 px tile (a 64 px spacing) and miss most
+    nuclei (docs/everything.md, "Large slices").
     """
     side = max(box[2] - box[0], box[3] - box[1])
-    return max(1, round(points_per_side * side / max(shape)))
+    return max(1, round(points_per_side * side / max(shape)), points_per_side // 2)
 
 
 def plan_crops(shape: tuple[int, int], params: EverythingParams, grid=None) -> list[CropSpec]:
@@ -157,7 +161,8 @@ def plan_crops(shape: tuple[int, int], params: EverythingParams, grid=None) -> l
     The whole slice first, then SAM's crop layers (:func:`crop_boxes`,
     ``points_per_side // crop_points_downscale**i`` points per side) and the
     tiles of ``grid`` (a :class:`~napari_sam.tiling.TileGrid` or None; the
-    point spacing of the whole slice, see :func:`tile_points_per_side`), ordered
+    point spacing of the whole slice, at most doubled, see
+    :func:`tile_points_per_side`), ordered
     by decreasing crop size: the later a crop, the larger the objects appear in
     its embedding, and cross-crop NMS prefers later crops.
     """
@@ -347,7 +352,9 @@ def segment_everything(
     points_per_side : grid size: ``points_per_side**2`` prompts on the whole
         slice and on each crop of the crop layers; tiles get the whole slice's
         point spacing (``max(H, W) / points_per_side`` pixels), i.e.
-        ``round(points_per_side * tile / max(H, W))`` points per side
+        ``round(points_per_side * tile / max(H, W))`` points per side, but at
+        least ``points_per_side // 2`` (objects keep their size in pixels in
+        native-resolution tiles, however large the slice)
     points_per_batch : prompts decoded per decoder call (memory vs. speed)
     pred_iou_thresh : keep candidates whose predicted IoU is ``>`` this; None: the
         model's recommendation from the registry (``micro``: 0.6, its IoU head
