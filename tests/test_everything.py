@@ -990,3 +990,16 @@ def test_unset_options_default_to_the_models_recommendation():
     assert (given.box_nms_thresh, given.containment_thresh) == (0.6, None)  # None: rule off
     with pytest.raises(ValueError, match="containment_thresh"):
         EverythingParams(containment_thresh="sometimes")
+
+
+def test_fast_decoder_prompts_per_call_bound_memory():
+    from napari_sam.everything._decoding import (
+        FAST_VALUES_PER_CALL,
+        fast_prompts_per_call,
+    )
+
+    assert fast_prompts_per_call(4096, 256) == 8  # SAM: 8 x 4 MiB of image tokens
+    assert fast_prompts_per_call(1024, 64) == 32  # the bundled model: 32 x 256 KiB
+    assert fast_prompts_per_call(16, 16) == 32
+    assert fast_prompts_per_call(4096, 1024) == 8  # never fewer than 8
+    assert FAST_VALUES_PER_CALL >= 32 * 1024 * 64

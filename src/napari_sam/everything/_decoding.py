@@ -18,9 +18,21 @@ import numpy as np
 
 from napari_sam.everything._params import EverythingParams
 
-#: Prompts per call of the fast decoder: its per-prompt image tokens are
-#: ``prompts x 4096 x 256`` floats (4 MiB per prompt for SAM), so this bounds memory.
-FAST_PROMPTS_PER_CALL = 8
+#: Image-token values per call of the fast decoder (8 MiB of float32): its
+#: per-prompt image tokens are ``prompts x tokens x channels`` floats (4 MiB per
+#: prompt for SAM's 4096 x 256), so this bounds memory.
+FAST_VALUES_PER_CALL = 1 << 21
+
+#: Bounds on the prompts per call of the fast decoder: SAM gets the lower one
+#: (8); a small decoder gets more, which saves per-call overhead (the bundled
+#: model, 1024 x 64 tokens: 32, decoding 17 % faster than with 8).
+FAST_PROMPTS_PER_CALL = (8, 32)
+
+
+def fast_prompts_per_call(tokens: int, channels: int) -> int:
+    """Prompts per call of the fast decoder for ``tokens x channels`` image tokens."""
+    low, high = FAST_PROMPTS_PER_CALL
+    return min(high, max(low, FAST_VALUES_PER_CALL // max(1, tokens * channels)))
 
 
 def point_grid(n: int, shape: tuple[int, int]) -> np.ndarray:
@@ -136,7 +148,7 @@ class Decoder:
             valid = dec.to_raw(spatial)
         logits, ious, stabs = [], [], []
         with torch.inference_mode():
-            step = FAST_PROMPTS_PER_CALL
+            step = fast_prompts_per_call(*dec.src.shape)
             for s in range(0, len(points), step):
                 stage = dec.transformer(coords[s : s + step], labels[s : s + step])
                 passing = stage.iou > p.pred_iou_thresh
