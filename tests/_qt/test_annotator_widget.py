@@ -200,7 +200,12 @@ def test_everything_buttons(qtbot, widget_viewer):
     viewer.dims.set_current_step(0, 4)
     widget.everything_params = {"points_per_side": 4, "stability_score_thresh": 0.0}
     widget.buttons["everything"].click()
+    worker = ann._everything[0]
+    progress = []
+    worker.yielded.connect(lambda v: progress.append(v) if isinstance(v, tuple) else None)
     qtbot.waitUntil(lambda: ann.everything_layer is not None and not ann.busy, timeout=10_000)
+    # the progress bar shows everything mode's own count (embeddings and batches)
+    assert progress and progress[-1][0] == progress[-1][1] == worker.pbar.total > 0
     found = ann.everything_layer.data[4].copy()
     assert found.max() >= 1 and not ann.labels_layer.data.any()
     widget.buttons["commit_everything"].click()

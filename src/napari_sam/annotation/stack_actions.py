@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam.annotation.propagating import PropagationWriter, choose_ids, seeds_from_slice
+from napari_sam.annotation.workers import reporting
 from napari_sam.annotation.writing import resolve_label_ids, write_masks
 
 __all__ = ["StackActionsMixin"]
@@ -164,8 +165,15 @@ class StackActionsMixin:
         def finished() -> None:
             self._everything = None
 
+        def progressed(value: Any) -> None:
+            # the worker's bar counts yields; everything mode's own count is exact
+            pbar = getattr(worker, "pbar", None)
+            if isinstance(value, tuple) and pbar is not None and not self._closed:
+                pbar.total = value[1]
+                pbar.update(value[0] - pbar.n)
+
         worker = self._start_worker(run, desc=f"SAM: everything on slice {idx}", total=0,
-                                    on_result=done, on_finished=finished)
+                                    on_result=done, on_yield=progressed, on_finished=finished)
         self._everything = (worker, cancel)
         return None
 
@@ -178,10 +186,11 @@ class StackActionsMixin:
         yield "model"
         embedding = self.embedder.embedding(idx, cl)
         yield "embedded"
-        result = segment_everything(
-            self.embedder.read_slice(idx), predictor=predictor, contrast_limits=cl,
-            embedding=embedding, cancel=cancel, **params,
+        call = partial(
+            segment_everything, self.embedder.read_slice(idx), predictor=predictor,
+            contrast_limits=cl, embedding=embedding, cancel=cancel, **params,
         )
+        result = yield from reporting(call)  # (done, total): embeddings and batches
         return np.asarray(result.labels)
 
     @property

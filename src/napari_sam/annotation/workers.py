@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Failure", "StartWorker", "caught", "unless_failed"]
+__all__ = ["Failure", "StartWorker", "caught", "reporting", "unless_failed"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,48 @@ def caught(func: Callable[..., Iterator[Any]], *args: Any) -> Iterator[Any]:
         return (yield from func(*args))
     except Exception as err:  # reported as a notification on the main thread
         return Failure(err)
+
+
+def reporting(func: Callable[..., Any], poll: float = 0.1) -> Iterator[tuple[int, int]]:
+    """Run ``func(progress=callback)`` in a helper thread, yielding its progress.
+
+    For a blocking call that reports progress through a ``callback(done,
+    total)`` (everything mode) inside a generator worker: yields ``(done,
+    total)`` whenever it changed (checked every ``poll`` seconds) and returns
+    ``func``'s result, or raises its exception. Stopping ``func`` early is up
+    to ``func`` (e.g. a cancel event it checks).
+    """
+    import threading
+
+    lock = threading.Lock()
+    state: dict[str, Any] = {"progress": None, "result": None, "error": None}
+
+    def report(done: int, total: int) -> None:
+        with lock:
+            state["progress"] = (int(done), int(total))
+
+    def target() -> None:
+        try:
+            state["result"] = func(progress=report)
+        except BaseException as err:  # re-raised in the generator's thread
+            state["error"] = err
+
+    helper = threading.Thread(target=target, name="napari-sam reporting", daemon=True)
+    helper.start()
+    last = None
+    while True:
+        helper.join(poll)
+        alive = helper.is_alive()
+        with lock:
+            current = state["progress"]
+        if current is not None and current != last:
+            last = current
+            yield current
+        if not alive:
+            break
+    if state["error"] is not None:
+        raise state["error"]
+    return state["result"]
 
 
 def unless_failed(
