@@ -225,6 +225,7 @@ class Annotator(StackActionsMixin):
         self._everything: Any = None
         self._everything_layer: Any = None
         self._everything_slice: Index | None = None
+        self._everything_stack = False  # the pending everything result is a whole stack
 
         self.owns_labels = labels_layer is None
         self.labels_layer = self._adopt_or_create_labels(labels_layer)

@@ -445,3 +445,34 @@ def test_everything_into_a_review_layer_then_commit(viewer, disk_predictor):
     labels.undo()
     assert set(np.unique(labels.data)) == {0, 9}
     assert ann.commit_everything() == []
+
+
+def test_everything_on_the_whole_stack_commits_3d_objects(viewer, disk_predictor):
+    image = viewer.add_image(noise_stack((4, 40, 40)))
+    labels = viewer.add_labels(np.zeros((4, 40, 40), np.uint32))
+    labels.data[2, 0:3, 0:3] = 9
+    ann = Annotator(viewer, image, predictor=disk_predictor, labels_layer=labels)
+    result = ann.segment_everything(slice=(1,), stack=True, points_per_side=4,
+                                    pred_iou_thresh=0.5, stability_score_thresh=0.0,
+                                    min_z_extent=1)
+    assert result.shape == (4, 40, 40) and result.max() >= 1
+    np.testing.assert_array_equal(ann.everything_layer.data, result)
+    n_objects = len(np.unique(result)) - 1
+    ids = ann.commit_everything()
+    assert len(ids) == n_objects and min(ids) == 10
+    assert labels.data[2, 0, 0] == 9  # existing label kept
+    for obj, new in zip(sorted(set(np.unique(result)) - {0}), sorted(ids)):
+        # each 3D object keeps one id through z (where it does not cover the old label)
+        free = (result == obj) & ~((np.arange(4)[:, None, None] == 2) & (labels.data == 9))
+        assert (labels.data[free] == new).all()
+    assert not ann.everything_layer.data.any()
+    labels.undo()  # the whole stack commit is one step
+    assert set(np.unique(labels.data)) == {0, 9}
+    assert ann.commit_everything() == []
+
+
+def test_everything_on_the_whole_stack_needs_a_stack(viewer, disk_predictor):
+    image = viewer.add_image(noise_stack((1, 40, 40))[0])
+    ann = Annotator(viewer, image, predictor=disk_predictor)
+    assert ann.segment_everything(stack=True, points_per_side=4) is None
+    assert ann.everything_layer is None

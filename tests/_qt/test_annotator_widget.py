@@ -210,6 +210,18 @@ def test_everything_buttons(qtbot, widget_viewer):
     assert found.max() >= 1 and not ann.labels_layer.data.any()
     widget.buttons["commit_everything"].click()
     assert set(np.unique(ann.labels_layer.data[4])) == set(np.unique(found))
+    # the whole stack: 3D objects in the review layer, committed as one undo step
+    before = ann.labels_layer.data.copy()
+    widget.everything_params["min_z_extent"] = 1
+    widget.stack_check.setChecked(True)
+    widget.buttons["everything"].click()
+    qtbot.waitUntil(lambda: not ann.busy, timeout=30_000)
+    stack = ann.everything_layer.data.copy()
+    assert stack.shape == before.shape and (stack.any(axis=(1, 2))).sum() > 1
+    widget.buttons["commit_everything"].click()
+    assert not ann.everything_layer.data.any() and ann.labels_layer.data.max() > before.max()
+    ann.labels_layer.undo()
+    np.testing.assert_array_equal(ann.labels_layer.data, before)
 
 
 def test_hover_preview_is_throttled(qtbot, widget_viewer, monkeypatch):

@@ -197,6 +197,12 @@ class AnnotatorWidget(QWidget):
             button.clicked.connect(slot)
             grid.addWidget(button, 0, i)
             self.buttons[name] = button
+        self.stack_check = QCheckBox("whole stack (objects linked through z)", box)
+        self.stack_check.setToolTip(
+            "Segment every slice of the stack (z, at this time point) and link the objects "
+            "through z; 'Commit everything' then commits 3D objects (one undo step)"
+        )
+        grid.addWidget(self.stack_check, 1, 0, 1, 2)
         layout.addWidget(box)
         self.everything_box = box
 
@@ -347,7 +353,8 @@ class AnnotatorWidget(QWidget):
         self._update_enabled()
 
     def _everything(self) -> None:
-        self._call("segment_everything", blocking=False, **self.everything_params)
+        stack = self.stack_check.isChecked()
+        self._call("segment_everything", blocking=False, stack=stack, **self.everything_params)
         self._update_enabled()
 
     def _commit_everything(self) -> None:

@@ -6,7 +6,7 @@ public methods and workers are started with the host's ``_start_worker``.
 
 Host attributes used: ``viewer``, ``geometry``, ``embedder``, ``labels_layer``,
 ``contrast_limits``, ``events``, ``_closed``, ``_propagation``,
-``_everything``, ``_everything_layer``, ``_everything_slice``,
+``_everything``, ``_everything_layer``, ``_everything_slice``, ``_everything_stack``,
 ``_last_commit``, ``_resolve_slice``, ``_notify``, ``_status``,
 ``_start_worker``, ``_layer_kwargs``.
 """
@@ -132,7 +132,12 @@ class StackActionsMixin:
     # the result goes to a separate Labels layer for review; commit_everything
     # merges it into the labels, keeping existing labels.
     def segment_everything(
-        self, slice: Sequence[int] | None = None, *, blocking: bool = True, **params: Any
+        self,
+        slice: Sequence[int] | None = None,
+        *,
+        blocking: bool = True,
+        stack: bool = False,
+        **params: Any,
     ) -> np.ndarray | None:
         """Segment every object of a slice automatically, into :attr:`everything_layer`.
 
@@ -142,25 +147,38 @@ class StackActionsMixin:
         :func:`napari_sam.everything.segment_everything` (e.g. ``points_per_side``).
         The slice's cached embedding is reused.
 
-        Returns the ``(Y, X)`` uint32 labels (blocking), else None.
+        ``stack=True`` segments every slice of the stack holding ``slice`` (z,
+        at the same time point) with
+        :func:`napari_sam.everything.segment_everything_stack`, objects linked
+        through z (``params`` may also hold its ``min_z_extent``, ``link_iou``,
+        ...); the whole stack of the everything layer is replaced, and
+        :meth:`commit_everything` then commits 3D objects.
+
+        Returns the ``(Y, X)`` (or ``(Z, Y, X)``) uint32 labels (blocking), else None.
         """
         idx = self._resolve_slice(slice)
         if idx is None or self._closed or self._everything is not None:
             return None
+        if stack and self.geometry.n_lead == 0:
+            self._notify("warning", "'everything' on the whole stack needs a stack: this "
+                         "image is 2D")
+            return None
         cancel = threading.Event()
-        run = partial(self._everything_steps, idx, self.contrast_limits, params, cancel)
+        target = idx[:-1] if stack else idx
+        steps = self._everything_stack_steps if stack else self._everything_steps
+        run = partial(steps, target, self.contrast_limits, params, cancel)
         if blocking:
             gen = run()
             while True:
                 try:
                     next(gen)
                 except StopIteration as stop:
-                    self._show_everything(idx, stop.value)
+                    self._show_everything(target, stop.value, stack=stack)
                     return stop.value
 
         def done(labels: np.ndarray) -> None:
             if not self._closed:
-                self._show_everything(idx, labels)
+                self._show_everything(target, labels, stack=stack)
 
         def finished() -> None:
             self._everything = None
@@ -172,7 +190,8 @@ class StackActionsMixin:
                 pbar.total = value[1]
                 pbar.update(value[0] - pbar.n)
 
-        worker = self._start_worker(run, desc=f"SAM: everything on slice {idx}", total=0,
+        what = "the stack" if stack else f"slice {idx}"
+        worker = self._start_worker(run, desc=f"SAM: everything on {what}", total=0,
                                     on_result=done, on_yield=progressed, on_finished=finished)
         self._everything = (worker, cancel)
         return None
@@ -193,30 +212,56 @@ class StackActionsMixin:
         result = yield from reporting(call)  # (done, total): embeddings and batches
         return np.asarray(result.labels)
 
+    def _everything_stack_steps(
+        self, lead: Index, cl: tuple[float, float], params: dict, cancel: Any
+    ) -> Iterator[Any]:
+        from napari_sam.everything import segment_everything_stack
+
+        embedder = self.embedder
+        predictor = embedder.load_predictor()
+        yield "model"
+        stack = embedder.source[lead] if lead else embedder.source
+        if self.geometry.rgb and self.geometry.channels == 4:
+            stack = stack[..., :3]
+        call = partial(
+            segment_everything_stack, stack, predictor=predictor, contrast_limits=cl,
+            embeddings=lambda z: embedder.embedding((*lead, int(z)), cl), cancel=cancel,
+            **params,
+        )
+        result = yield from reporting(call)  # (done, total): slices
+        return np.asarray(result.labels)
+
     @property
     def everything_layer(self) -> Any:
         """The Labels layer holding "everything" results (None before the first)."""
         return self._everything_layer
 
-    def _show_everything(self, idx: Index, labels: np.ndarray) -> None:
+    def _show_everything(self, idx: Index, labels: np.ndarray, stack: bool = False) -> None:
+        """Show a result in the everything layer: a slice ``idx``, or (``stack``) the
+        whole stack at the leading indices ``idx``."""
         layer = self._everything_layer
         if layer is None or layer not in self.viewer.layers:
             layer = self._everything_layer = self.viewer.add_labels(
                 np.zeros(self.geometry.shape, dtype=np.uint32), opacity=0.6,
                 **self._layer_kwargs("everything"),
             )
+        if self._everything_slice is not None and self._everything_slice != idx:
+            layer.data[self._everything_slice] = 0  # one pending result at a time
         layer.data[idx] = labels
         layer.refresh()
         self._everything_slice = idx
+        self._everything_stack = stack
         n = len(np.unique(labels)) - int((labels == 0).any())
-        self._status(f"everything: {n} object(s) on slice {idx}; review, then "
-                     "'Commit everything'")
+        where = "in the stack (3D)" if stack else f"on slice {idx}"
+        self._status(f"everything: {n} object(s) {where}; review, then 'Commit everything'")
 
     def commit_everything(self, overwrite: bool = False) -> list[int]:
         """Merge the everything result of its slice into :attr:`labels_layer` (one undo step).
 
         Every object gets a new id (max existing + 1, ...); existing labels are
-        kept unless ``overwrite``. The everything layer's slice is cleared.
+        kept unless ``overwrite``. The everything layer's slice is cleared. A
+        whole-stack result (``segment_everything(stack=True)``) commits its 3D
+        objects, one id each, always keeping existing labels.
         """
         layer, idx = self._everything_layer, self._everything_slice
         if layer is None or idx is None:
@@ -225,6 +270,8 @@ class StackActionsMixin:
         if self._propagation is not None:
             self._notify("warning", "a propagation is running; commit when it is done")
             return []
+        if self._everything_stack:
+            return self._commit_everything_stack(idx)
         current = np.asarray(layer.data[idx])
         masks = [current == i for i in np.unique(current) if i != 0]
         if not masks:
@@ -238,3 +285,35 @@ class StackActionsMixin:
         self._status(f"committed {len(result.written)} object(s) from everything on slice {idx}")
         self.events.committed(slice_index=idx, label_ids=result.written)
         return result.written
+
+    def _commit_everything_stack(self, lead: Index) -> list[int]:
+        """Commit the 3D objects of a whole-stack everything result (one undo step).
+
+        Each object gets a new id; only background pixels are written (existing
+        labels are always kept).
+        """
+        from types import SimpleNamespace
+
+        layer = self._everything_layer
+        block = np.asarray(layer.data[lead])  # (Z, Y, X)
+        objects = [int(i) for i in np.unique(block) if i != 0]
+        if not objects:
+            self._notify("warning", "the everything layer has no objects in this stack")
+            return []
+        ids = resolve_label_ids(None, len(objects), self.labels_layer.data)
+        new_id = dict(zip(objects, ids))
+        writer = PropagationWriter(self.labels_layer, lead, ids)
+        with writer:
+            for z in range(block.shape[0]):
+                present = [int(i) for i in np.unique(block[z]) if i != 0]
+                if present:
+                    masks = {new_id[o]: block[z] == o for o in present}
+                    writer.write(SimpleNamespace(z=z, masks=masks))
+        layer.data[lead] = 0
+        layer.refresh()
+        self._everything_slice = None
+        self._everything_stack = False
+        written = [i for i in ids if writer.written.get(i)]
+        self._status(f"committed {len(written)} 3D object(s) from everything (one undo step)")
+        self.events.committed(slice_index=(*lead, 0), label_ids=written)
+        return written
