@@ -286,6 +286,24 @@ def test_preview_starts_at_the_best_and_cycles_by_score():
     assert preview.scores == [0.7]
 
 
+def test_preview_keeps_the_prompted_parts_of_each_mask():
+    masks = np.zeros((1, 10, 10), bool)
+    masks[0, 1:4, 1:4] = True  # the clicked object
+    masks[0, 7:9, 6:9] = True  # a stray fragment on a neighbour
+    pred = Prediction(masks, np.array([0.9]), np.zeros((1, 4, 4)))
+    click = ObjectPrompt(np.array([[2.0, 2.0]]), np.array([1]))
+    preview = Preview((0,), (pred,), prompts=(click,))
+    (shown,) = preview.masks
+    assert shown[1:4, 1:4].all() and not shown[7:9, 6:9].any()
+    assert preview.masks[0] is shown  # computed once
+    boxed = Preview((0,), (pred,), prompts=(ObjectPrompt(
+        np.zeros((0, 2)), np.zeros(0, int), box=np.array([6.0, 5.0, 9.0, 9.0])),))
+    assert boxed.masks[0][7:9, 6:9].all() and not boxed.masks[0][1:4, 1:4].any()
+    np.testing.assert_array_equal(Preview((0,), (pred,)).masks[0], masks[0])  # no prompts
+    with pytest.raises(ValueError, match="prompts"):
+        Preview((0,), (pred,), prompts=(click, click))
+
+
 def test_label_image_puts_small_objects_on_top():
     big, small = np.zeros((6, 6), bool), np.zeros((6, 6), bool)
     big[:, :] = True

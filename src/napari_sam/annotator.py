@@ -603,7 +603,9 @@ class Annotator(StackActionsMixin):
         except (ValueError, TypeError) as err:
             self._notify("error", f"segmentation failed: {err}")
             return []
-        self._set_preview(Preview(idx, tuple(predictions), hover=hover))
+        self._set_preview(
+            Preview(idx, tuple(predictions), hover=hover, prompts=tuple(prompts.objects))
+        )
         preview = self.preview
         if not hover:
             scores = ", ".join(f"{s:.2f}" for s in preview.scores)

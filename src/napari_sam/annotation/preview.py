@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -40,12 +41,17 @@ class Preview:
         (``masks`` ``(K, Y, X)``, ``scores`` ``(K,)``)
     choices : index of the candidate shown, per object
     hover : True for a hover preview (one point under the mouse, no prompts)
+    prompts : the :class:`~napari_sam.annotation.prompts.ObjectPrompt` of each
+        object (or empty): the masks keep only their parts that these prompts
+        select (:func:`napari_sam.masks.keep_prompted_parts`), dropping stray
+        fragments on other objects
     """
 
     slice_index: tuple[int, ...]
     predictions: tuple[Any, ...]
     choices: tuple[int, ...] = field(default=())
     hover: bool = False
+    prompts: tuple[Any, ...] = field(default=())
 
     def __post_init__(self) -> None:
         preds = tuple(self.predictions)
@@ -54,18 +60,34 @@ class Preview:
             object.__setattr__(self, "choices", tuple(_best(p) for p in preds))
         if len(self.choices) != len(preds):
             raise ValueError(f"got {len(self.choices)} choices for {len(preds)} predictions")
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        if self.prompts and len(self.prompts) != len(preds):
+            raise ValueError(f"got {len(self.prompts)} prompts for {len(preds)} predictions")
 
     @property
     def n_objects(self) -> int:
         """Number of objects."""
         return len(self.predictions)
 
-    @property
+    @cached_property
     def masks(self) -> list[np.ndarray]:
-        """The shown ``(Y, X)`` bool mask of each object."""
-        return [
-            np.asarray(p.masks[c], dtype=bool) for p, c in zip(self.predictions, self.choices)
-        ]
+        """The shown ``(Y, X)`` bool mask of each object (its prompted parts)."""
+        from napari_sam.masks import keep_prompted_parts
+
+        prompts = self.prompts or (None,) * len(self.predictions)
+        out = []
+        for p, c, prompt in zip(self.predictions, self.choices, prompts):
+            mask = np.asarray(p.masks[c], dtype=bool)
+            if prompt is not None:
+                points = getattr(prompt, "points", None)
+                mask = keep_prompted_parts(
+                    mask,
+                    points if points is not None and len(points) else None,
+                    getattr(prompt, "labels", None),
+                    getattr(prompt, "box", None),
+                )
+            out.append(mask)
+        return out
 
     @property
     def scores(self) -> list[float]:

@@ -1,0 +1,62 @@
+"""Clean-up of a predicted mask against the prompts that asked for it (numpy/scipy only).
+
+SAM's masks sometimes carry stray fragments away from the object: bits of a
+neighbouring object or of bright background (the bundled ``micro`` model: 38 of
+102 masks from a click on generated nuclei). :func:`keep_prompted_parts` keeps
+the parts of the mask that the prompts point at.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["keep_prompted_parts"]
+
+#: 8-connectivity: parts touching at a corner are one part.
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def keep_prompted_parts(
+    mask: np.ndarray,
+    points: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    box: np.ndarray | None = None,
+) -> np.ndarray:
+    """The connected parts of ``mask`` that its prompts select.
+
+    Parameters
+    ----------
+    mask : ``(Y, X)`` bool
+    points : ``(N, 2)`` ``(row, col)`` slice pixels (napari order)
+    labels : ``(N,)`` 1 positive / 0 negative (default: all positive)
+    box : ``(row_min, col_min, row_max, col_max)``
+
+    Returns
+    -------
+    ``(Y, X)`` bool: the 8-connected parts holding a positive point; without a
+    positive point inside the mask, the parts overlapping ``box``; the mask
+    unchanged when neither selects a part (a prompt between parts never
+    empties a mask).
+    """
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2D (Y, X), got shape {mask.shape}")
+    parts, n = ndi.label(mask, structure=_EIGHT)
+    if n <= 1:
+        return mask
+    keep: set[int] = set()
+    if points is not None and len(points):
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        lab = np.ones(len(pts), dtype=bool) if labels is None else np.asarray(labels) == 1
+        rc = np.round(pts[lab]).astype(np.int64)
+        inside = (rc >= 0).all(axis=1) & (rc[:, 0] < mask.shape[0]) & (rc[:, 1] < mask.shape[1])
+        keep = {int(parts[r, c]) for r, c in rc[inside]} - {0}
+    if not keep and box is not None:
+        r0, c0, r1, c1 = (round(float(v)) for v in np.asarray(box).ravel()[:4])
+        window = parts[max(0, r0) : max(0, r1 + 1), max(0, c0) : max(0, c1 + 1)]
+        keep = set(np.unique(window).tolist()) - {0}
+    if not keep:
+        return mask
+    return np.isin(parts, sorted(keep))
