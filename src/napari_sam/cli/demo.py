@@ -70,6 +70,7 @@ def run(args) -> int:
 
     from napari_sam.cli._common import progress_printer
     from napari_sam.io import write_labels_tiff
+    from napari_sam.masks import keep_prompted_parts
     from napari_sam.normalize import stack_intensity_range
     from napari_sam.propagation import propagate
     from napari_sam.synthetic import sample_nuclei_stack
@@ -91,7 +92,8 @@ def run(args) -> int:
     seeds = {}
     for obj_id, (z, r, c) in clicks.items():
         pred = predictor.predict(embedding(z), points=[[r, c]], labels=[1])
-        seeds[obj_id] = {z: pred.best_mask}
+        # the object is the part under the click, as the annotator commits it
+        seeds[obj_id] = {z: keep_prompted_parts(pred.best_mask, [[r, c]], [1])}
 
     labels = np.zeros(stack.shape, np.uint32)
     result = propagate(

@@ -121,10 +121,12 @@ def seeds_from_points(
 ) -> dict:
     """One object per positive ``(z, y, x)`` point, segmented on its slice.
 
-    Negative points on the same slice are added to the prompt. Embeddings are
-    stored in ``embeddings`` (``{z: embedding}``) for propagation to reuse.
+    Negative points on the same slice are added to the prompt; the seed is the
+    part of the best mask under the point. Embeddings are stored in
+    ``embeddings`` (``{z: embedding}``) for propagation to reuse.
     """
     from napari_sam.cli._common import UserError
+    from napari_sam.masks import keep_prompted_parts
 
     if points.shape[1] != 3:
         raise UserError(
@@ -148,7 +150,9 @@ def seeds_from_points(
         neg = (~positive) & (zs == z)
         pts = np.concatenate([points[i : i + 1, 1:], points[neg, 1:]])
         labels = np.concatenate([[1], np.zeros(int(neg.sum()), int)])
-        mask = np.asarray(predictor.predict(embeddings[z], points=pts, labels=labels).best_mask)
+        best = predictor.predict(embeddings[z], points=pts, labels=labels).best_mask
+        # the object is the part under its point, as in the annotator
+        mask = keep_prompted_parts(np.asarray(best, dtype=bool), pts, labels)
         if not mask.any():
             raise UserError(
                 f"point {oid} at (z, y, x) = {points[i].tolist()} gave an empty mask; move it "
