@@ -54,3 +54,34 @@ def test_diagonal_neighbours_are_one_part_and_single_parts_are_returned_as_is():
     np.testing.assert_array_equal(keep_prompted_parts(m, points=[[1, 1]]), m)
     with pytest.raises(ValueError, match="2D"):
         keep_prompted_parts(np.zeros((2, 3, 4), bool))
+
+
+def _reference(mask, points, box, gap):
+    """The same rule on the whole image (no bounding-box crop)."""
+    from scipy import ndimage as ndi
+
+    eight = np.ones((3, 3), bool)
+    grown = ndi.binary_dilation(mask, eight, iterations=gap) if gap else mask
+    parts, n = ndi.label(grown, structure=eight)
+    if n <= 1:
+        return mask
+    parts[~mask] = 0
+    keep = {int(parts[r, c]) for r, c in points} - {0}
+    if not keep and box is not None:
+        keep = set(np.unique(parts[box[0] : box[2] + 1, box[1] : box[3] + 1]).tolist()) - {0}
+    return np.isin(parts, sorted(keep)) if keep else mask
+
+
+@pytest.mark.parametrize("gap", [0, 1, 2])
+def test_bounding_box_crop_gives_the_whole_image_result(gap):
+    rng = np.random.default_rng(gap)
+    for _ in range(30):
+        mask = np.zeros((60, 70), bool)
+        for _ in range(rng.integers(1, 5)):
+            r, c = rng.integers(0, 60), rng.integers(0, 70)
+            mask[r : r + rng.integers(1, 9), c : c + rng.integers(1, 9)] = True
+        points = rng.integers(0, [60, 70], size=(2, 2))
+        box = [int(v) for v in (*rng.integers(0, [60, 70]), *rng.integers(0, [60, 70]))]
+        box = [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])]
+        mine = keep_prompted_parts(mask, points, None, box, gap=gap)
+        np.testing.assert_array_equal(mine, _reference(mask, points, box, gap))

@@ -49,22 +49,34 @@ def keep_prompted_parts(
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2D (Y, X), got shape {mask.shape}")
-    grown = ndi.binary_dilation(mask, _EIGHT, iterations=int(gap)) if gap > 0 else mask
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return mask
+    cols = np.flatnonzero(mask.any(axis=0))
+    # work on the mask's bounding box (plus the gap): cheap on large slices
+    pad = max(0, int(gap)) + 1
+    r_lo, c_lo = max(0, rows[0] - pad), max(0, cols[0] - pad)
+    r_hi, c_hi = min(mask.shape[0], rows[-1] + 1 + pad), min(mask.shape[1], cols[-1] + 1 + pad)
+    crop = mask[r_lo:r_hi, c_lo:c_hi]
+    grown = ndi.binary_dilation(crop, _EIGHT, iterations=int(gap)) if gap > 0 else crop
     parts, n = ndi.label(grown, structure=_EIGHT)
     if n <= 1:
         return mask
-    parts[~mask] = 0  # a part is its mask pixels
+    parts[~crop] = 0  # a part is its mask pixels
     keep: set[int] = set()
     if points is not None and len(points):
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         lab = np.ones(len(pts), dtype=bool) if labels is None else np.asarray(labels) == 1
-        rc = np.round(pts[lab]).astype(np.int64)
-        inside = (rc >= 0).all(axis=1) & (rc[:, 0] < mask.shape[0]) & (rc[:, 1] < mask.shape[1])
+        rc = np.round(pts[lab]).astype(np.int64) - [r_lo, c_lo]
+        inside = (rc >= 0).all(axis=1) & (rc[:, 0] < crop.shape[0]) & (rc[:, 1] < crop.shape[1])
         keep = {int(parts[r, c]) for r, c in rc[inside]} - {0}
     if not keep and box is not None:
         r0, c0, r1, c1 = (round(float(v)) for v in np.asarray(box).ravel()[:4])
-        window = parts[max(0, r0) : max(0, r1 + 1), max(0, c0) : max(0, c1 + 1)]
+        window = parts[max(0, r0 - r_lo) : max(0, r1 + 1 - r_lo),
+                       max(0, c0 - c_lo) : max(0, c1 + 1 - c_lo)]
         keep = set(np.unique(window).tolist()) - {0}
     if not keep:
         return mask
-    return np.isin(parts, sorted(keep))
+    out = np.zeros_like(mask)
+    out[r_lo:r_hi, c_lo:c_hi] = np.isin(parts, sorted(keep))
+    return out
