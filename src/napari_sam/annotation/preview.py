@@ -79,10 +79,9 @@ class Preview:
         for p, c, prompt in zip(self.predictions, self.choices, prompts):
             mask = np.asarray(p.masks[c], dtype=bool)
             if prompt is not None:
-                points = getattr(prompt, "points", None)
                 mask = keep_prompted_parts(
                     mask,
-                    points if points is not None and len(points) else None,
+                    getattr(prompt, "points", None),
                     getattr(prompt, "labels", None),
                     getattr(prompt, "box", None),
                 )
