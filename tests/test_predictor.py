@@ -175,3 +175,16 @@ def test_bfloat16_embedding_close_to_float32(predictor):
         fast = Predictor(predictor.model, precision="bfloat16").embed(image).features
     assert fast.dtype == torch.float32
     assert float((fast - exact).norm() / exact.norm()) < 0.05
+
+
+def test_segment_slice_returns_the_prompted_parts_of_the_best_mask(predictor):
+    from napari_sam.masks import keep_prompted_parts
+    from napari_sam.predictor import segment_slice
+
+    image = np.random.default_rng(11).integers(0, 255, (64, 80), dtype=np.uint8)
+    for kw in ({"points": [[20.0, 30.0]], "labels": [1]}, {"box": [5.0, 8.0, 40.0, 60.0]}):
+        mask = segment_slice(image, model=predictor, **kw)
+        best = predictor.predict(predictor.embed(image), **kw).best_mask
+        assert mask.shape == (64, 80) and mask.dtype == bool
+        expected = keep_prompted_parts(best, kw.get("points"), kw.get("labels"), kw.get("box"))
+        np.testing.assert_array_equal(mask, expected)

@@ -733,12 +733,17 @@ def segment_slice(
     contrast_limits: tuple[float, float] | None = None,
     multimask: bool = True,
 ) -> np.ndarray:
-    """Segment one object in one 2D slice in one call; returns the best ``(H, W)`` bool mask.
+    """Segment one object in one 2D slice in one call; returns an ``(H, W)`` bool mask.
 
     ``points`` are ``(N, 2)`` ``(row, col)``, ``box`` is ``(row_min, col_min,
     row_max, col_max)``; ``model`` is a registry name, a checkpoint path or a
-    :class:`Predictor` (reuse one to avoid reloading the model).
+    :class:`Predictor` (reuse one to avoid reloading the model). The mask is
+    the best-scored one, keeping the parts the prompts select
+    (:func:`napari_sam.masks.keep_prompted_parts`), as the annotator commits it.
     """
+    from napari_sam.masks import keep_prompted_parts
+
     predictor = model if isinstance(model, Predictor) else Predictor(model)
     emb = predictor.embed(image, contrast_limits=contrast_limits)
-    return predictor.predict(emb, points, labels, box, multimask=multimask).best_mask
+    best = predictor.predict(emb, points, labels, box, multimask=multimask).best_mask
+    return keep_prompted_parts(best, points, labels, box)
