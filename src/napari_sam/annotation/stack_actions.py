@@ -111,6 +111,14 @@ class StackActionsMixin:
         )
         return self._propagation
 
+    def _stack_at(self, lead: Index) -> Any:
+        """The ``(Z, Y, X[, C])`` stack at the leading indices ``lead`` (lazy; RGBA -> RGB)."""
+        source = self.embedder.source
+        stack = source[lead] if lead else source
+        if self.geometry.rgb and self.geometry.channels == 4:
+            stack = stack[..., :3]
+        return stack
+
     def _propagation_steps(
         self, lead: Index, seeds: dict, cl: tuple[float, float], direction: str,
         z_range: Any, options: dict,
@@ -119,9 +127,7 @@ class StackActionsMixin:
 
         embedder = self.embedder
         predictor = embedder.load_predictor()
-        stack = embedder.source[lead] if lead else embedder.source
-        if self.geometry.rgb and self.geometry.channels == 4:
-            stack = stack[..., :3]
+        stack = self._stack_at(lead)
         yield from propagate_iter(
             stack, seeds, predictor, direction=direction, z_range=z_range, contrast_limits=cl,
             embeddings=lambda z: embedder.embedding((*lead, int(z)), cl), **options,
@@ -220,9 +226,7 @@ class StackActionsMixin:
         embedder = self.embedder
         predictor = embedder.load_predictor()
         yield "model"
-        stack = embedder.source[lead] if lead else embedder.source
-        if self.geometry.rgb and self.geometry.channels == 4:
-            stack = stack[..., :3]
+        stack = self._stack_at(lead)
         call = partial(
             segment_everything_stack, stack, predictor=predictor, contrast_limits=cl,
             embeddings=lambda z: embedder.embedding((*lead, int(z)), cl), cancel=cancel,
