@@ -8,10 +8,18 @@ Measures, for the weights shipped in ``napari_sam/weights/`` (or ``--weights``):
   the box with the single-mask output;
 * 3D Dice of propagation from one click per nucleus through held-out nuclei
   stacks, when :mod:`napari_sam.propagation` is available;
+* with ``--stress``: every validation set also under the appearance changes
+  of :data:`napari_sam.synthetic.appearance.STRESS_CONDITIONS` (intensity
+  windows, gamma, 8 bits, saturated objects, low photon counts, blur, uneven
+  background, inverted polarity, rescaling, tiny crops), none of which the
+  scene generators make; per set the mean over conditions and the **worst**
+  condition;
+* propagation on small anisotropic stacks (slices of 64 px, nuclei of radius
+  4-6 px, anisotropy 3);
 * embedding time of a 512x512 slice (median of several runs) with the torch
   threads of this machine, and that it runs on ``skimage.data.cell()``.
 
-Run: ``python benchmarks/micro_model_quality.py [--json out.json] [--threads N]``.
+Run: ``python benchmarks/micro_model_quality.py [--json out.json] [--threads N] [--stress]``.
 """
 
 from __future__ import annotations
@@ -98,14 +106,59 @@ def cell_image_runs(predictor) -> dict:
     return out
 
 
-def propagation_dice(predictor, seeds=(9801, 9802), log=print, **options) -> dict | None:
+def stress_sweep(predictor, sets=None, conditions=None, n_seeds: int = 2, log=print) -> dict:
+    """Point/box IoU of every set under every stress condition (first ``n_seeds`` seeds).
+
+    Returns ``{"by_set": {set: {condition: {...}}}, "summary": {set: {...}}}``;
+    a set's summary holds the mean over conditions and its worst condition for
+    the point and for the box prompt.
+    """
+    from napari_sam.synthetic.appearance import STRESS_CONDITIONS
+    from napari_sam.training.validation import VALIDATION_SETS, evaluate_set
+
+    by_set: dict = {}
+    summary: dict = {}
+    for name in sets or list(VALIDATION_SETS):
+        vset = VALIDATION_SETS[name]
+        rows = {}
+        for cond in conditions or list(STRESS_CONDITIONS):
+            r = evaluate_set(predictor, vset, vset.seeds[:n_seeds], cond)
+            rows[cond] = {k: r[k] for k in ("point", "box", "box_single", "n_objects")}
+        by_set[name] = rows
+        valid = {c: r for c, r in rows.items() if r["n_objects"] > 0}
+        worst_p = min(valid, key=lambda c: valid[c]["point"])
+        worst_b = min(valid, key=lambda c: valid[c]["box"])
+        summary[name] = {
+            "mean_point": float(np.mean([r["point"] for r in valid.values()])),
+            "mean_box": float(np.mean([r["box"] for r in valid.values()])),
+            "worst_point": [worst_p, valid[worst_p]["point"]],
+            "worst_box": [worst_b, valid[worst_b]["box"]],
+        }
+        sm = summary[name]
+        log(
+            f"{name:22s} stress mean point {sm['mean_point']:.3f} box {sm['mean_box']:.3f}; "
+            f"worst point {sm['worst_point'][1]:.3f} ({worst_p}), "
+            f"box {sm['worst_box'][1]:.3f} ({worst_b})"
+        )
+        log("    " + ", ".join(f"{c} {r['point']:.2f}/{r['box']:.2f}" for c, r in rows.items()))
+    return {"by_set": by_set, "summary": summary, "n_seeds": n_seeds}
+
+
+#: Small anisotropic stacks: 16 slices of 64 x 64 px, nuclei of radius 4-6 px.
+SMALL_STACK = {"shape": (16, 64, 64), "radius": (4.0, 6.0), "anisotropy": 3.0}
+
+
+def propagation_dice(
+    predictor, seeds=(9801, 9802), log=print, stack_kwargs=None, **options
+) -> dict | None:
     """3D Dice of propagation from one click per nucleus through held-out nuclei stacks.
 
     Each nucleus is clicked once (centre point, multimask, best score) on its
     largest slice; the resulting 2D masks seed :func:`napari_sam.propagation.propagate`
     for all objects at once, with ``options`` (default: the model's
     recommended options from the registry). Dice is per object against its
-    true 3D mask, averaged over objects.
+    true 3D mask, averaged over objects. ``stack_kwargs`` are passed to
+    :func:`napari_sam.synthetic.nuclei_stack` (default: ``shape=(24, 192, 192)``).
     """
     try:
         from napari_sam.propagation import propagate, stack_contrast_limits
@@ -115,9 +168,11 @@ def propagation_dice(predictor, seeds=(9801, 9802), log=print, **options) -> dic
     from napari_sam.synthetic import nuclei_stack
     from napari_sam.training.validation import object_prompts
 
+    kwargs = dict(stack_kwargs or {"shape": (24, 192, 192)})
+    shape = kwargs.pop("shape")
     dices, dices_2d = [], []
     for seed in seeds:
-        stack, labels = nuclei_stack((24, 192, 192), seed=seed)
+        stack, labels = nuclei_stack(shape, seed=seed, **kwargs)
         limits = stack_contrast_limits(stack)
         seeds_by_object = {}
         embeddings = {}
@@ -147,7 +202,7 @@ def propagation_dice(predictor, seeds=(9801, 9802), log=print, **options) -> dic
         "dice_3d_p10": float(np.percentile(dices, 10)),
         "dice_2d_click": float(np.mean(dices_2d)),
         "n_objects": len(dices),
-        "stacks": "nuclei_stack((24, 192, 192), seed) for seeds " + ", ".join(map(str, seeds)),
+        "stacks": f"nuclei_stack({shape}, seed, {kwargs}) for seeds " + ", ".join(map(str, seeds)),
     }
 
 
@@ -158,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--sets", nargs="*", default=None, help="validation sets to run")
     p.add_argument("--no-propagation", action="store_true")
+    p.add_argument("--stress", action="store_true", help="also run the stress sweep")
+    p.add_argument("--stress-only", action="store_true", help="only the stress sweep")
+    p.add_argument("--stress-seeds", type=int, default=2, help="scenes per set in the sweep")
     args = p.parse_args(argv)
 
     import torch
@@ -169,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     predictor = load_predictor(args.weights)
     results: dict = {"torch_threads": torch.get_num_threads()}
     print(f"torch threads: {results['torch_threads']}")
+    if args.stress or args.stress_only:
+        t0 = time.perf_counter()
+        results["stress"] = stress_sweep(predictor, args.sets, n_seeds=args.stress_seeds)
+        print(f"stress sweep took {time.perf_counter() - t0:.0f} s")
+        if args.stress_only:
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(results, f, indent=1)
+            return 0
     t0 = time.perf_counter()
     results["sets"] = validation_table(predictor, args.sets, log=print)
     results["descriptions"] = {k: v.description for k, v in VALIDATION_SETS.items()}
@@ -193,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             generic = {"prompt_mode": "box+mask", "fade_threshold": 0.0}
             results["propagation_generic"] = propagation_dice(predictor, **generic)
             print(f"propagation {generic}: {results['propagation_generic']}")
+            small = propagation_dice(
+                predictor, seeds=(9821, 9822, 9823, 9824), stack_kwargs=SMALL_STACK, **recommended
+            )
+            results["propagation_small_stacks"] = small
+            print(f"propagation on small anisotropic stacks {SMALL_STACK}: {small}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -354,3 +354,37 @@ def test_cli_reports_a_missing_run_folder(tmp_path, capsys):
 
     assert main(["export", str(tmp_path / "nothing"), "--dest", str(tmp_path)]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    """Stopping after a checkpoint and resuming gives what one uninterrupted run gives."""
+    from napari_sam.training.loop import train
+
+    data = DataConfig(base_shape=(64, 64), other_shape_prob=0.0, objects_per_image=3,
+                      appearance_prob=0.7, stack_prob=0.5, stack_depth=6, stack_slices=2)
+    cfg = small_test_config(steps=6, checkpoint_every=3, time_limit_s=1e9, data=data)
+    whole = train(cfg, tmp_path / "whole", log=lambda line: None)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_4(line):
+        if line.startswith("step     4"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "parts", log=kill_at_step_4)
+    resumed = train(cfg, tmp_path / "parts", log=lambda line: None, resume=True)
+    assert resumed.record["steps_done"] == 6
+    assert [s["start_step"] for s in resumed.record["sessions"]] == [0, 3]
+    assert [e["step"] for e in resumed.record["log"]] == [1, 2, 3, 4, 5, 6]
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_resume_without_a_saved_state_says_what_to_do(tmp_path):
+    from napari_sam.training.loop import train
+
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(small_test_config(), tmp_path, log=lambda line: None, resume=True)

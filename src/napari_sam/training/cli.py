@@ -28,8 +28,16 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a micro model on synthetic scenes")
     t.add_argument("--out", required=True, help="output folder for checkpoints and the record")
-    t.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
-    t.add_argument("--minutes", type=float, default=50.0, help="wall-clock budget (default 50)")
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000)")
+    t.add_argument(
+        "--minutes", type=float, default=None, help="training-time budget (default 50)"
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (its saved configuration; --steps/--minutes may "
+        "raise the budget); other settings are ignored",
+    )
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default auto)")
     t.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -77,11 +85,14 @@ def _train(args) -> int:
     from napari_sam.training.loop import TrainConfig, small_test_config, train
     from napari_sam.training.validation import quick_validation
 
+    out = Path(args.out)
+    if args.resume:
+        return _resume(args, out)
     base = small_test_config() if args.preset == "tiny" else TrainConfig()
     cfg = replace(
         base,
-        steps=args.steps,
-        time_limit_s=args.minutes * 60.0,
+        steps=args.steps if args.steps is not None else 1000,
+        time_limit_s=(args.minutes if args.minutes is not None else 50.0) * 60.0,
         seed=args.seed,
         device=args.device,
         threads=args.threads,
@@ -104,19 +115,14 @@ def _train(args) -> int:
     cfg = replace(cfg, **changes)
     if args.config is not None:
         cfg = cfg.updated(json.loads(args.config))
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m napari_sam.training " + " ".join(args.argv)
-
-    def log(line: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
-
     validate = quick_validation if args.preset == "default" else None
-    result = train(cfg, out, log=log, validate=validate)
+    result = train(cfg, out, log=_log, validate=validate)
     record = result.record
     record["command"] = command
     (out / "training_record.json").write_text(json.dumps(record, indent=1))
-    log(f"done: {record['steps_done']} steps in {record['train_time_s']:.0f} s; "
+    _log(f"done: {record['steps_done']} steps in {record['train_time_s']:.0f} s; "
         f"weights {out / 'micro_sam_latest.pt'} sha256 {record['weights_sha256']}")
     return 0
 
@@ -160,6 +166,37 @@ def _export(args) -> int:
     size = target.stat().st_size
     print(f"wrote {target} ({size / 1e6:.2f} MB) and {dest / 'micro_sam.json'}")
     print(f"sha256 {sha}: record it in napari_sam/model/bundled.py")
+    return 0
+
+
+def _log(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+
+def _resume(args, out: Path) -> int:
+    from napari_sam.training.loop import TrainConfig, train
+    from napari_sam.training.validation import quick_validation
+
+    record_path = out / "training_record.json"
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{record_path} not found: --resume needs a run started in {out}")
+    saved = json.loads(record_path.read_text())
+    cfg = TrainConfig.from_dict(saved["train_config"])
+    if args.steps is not None:
+        cfg = replace(cfg, steps=args.steps)
+    if args.minutes is not None:
+        cfg = replace(cfg, time_limit_s=args.minutes * 60.0)
+    has_validation = bool(saved.get("validation")) or cfg.val_every > 0
+    result = train(
+        cfg, out, log=_log, validate=quick_validation if has_validation else None, resume=True
+    )
+    record = result.record
+    record.setdefault("resume_commands", []).append(
+        "python -m napari_sam.training " + " ".join(args.argv)
+    )
+    (out / "training_record.json").write_text(json.dumps(record, indent=1))
+    _log(f"done: {record['steps_done']} steps in {record['train_time_s']:.0f} s; "
+         f"weights {out / 'micro_sam_latest.pt'} sha256 {record['weights_sha256']}")
     return 0
 
 

@@ -54,6 +54,17 @@ class DataConfig:
         which is empty where the object has ended (teaches stopping)
     stack_slices : slices drawn from one generated stack before a new one is made
     stack_depth : slices per generated stack
+    appearance_prob : probability that a 2D scene gets a random chain of
+        appearance changes the generators never make and a random user window
+        (:func:`napari_sam.synthetic.appearance.random_appearance`: heavy-tailed
+        and saturated brightness, chromatin, nucleoli, rims, out-of-focus
+        neighbours, debris, small bright cells, gamma, blur, uneven background,
+        low photon counts, inversion, rescaling, crops, bit depth, contrast limits)
+    stack_window_prob : probability that a generated stack is normalized with a
+        random user window (one per stack, as napari's contrast limits) instead
+        of its robust range
+    small_stack_prob : probability that a generated stack is small (sides 48-96
+        px, nuclei of radius 3.5-7 px, strongly anisotropic), as users' crops are
     """
 
     kind_weights: Mapping[str, float] = field(
@@ -68,6 +79,9 @@ class DataConfig:
     stack_prob: float = 0.0
     stack_slices: int = 6
     stack_depth: int = 16
+    appearance_prob: float = 0.0
+    stack_window_prob: float = 0.0
+    small_stack_prob: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -195,7 +209,16 @@ def sample_scene(
         image, labels, info = random_scene_2d(rng, shape, kinds=[kind], return_info=True)
         if cfg.flip:
             image, labels = _augment(image, labels, rng)
-        scene = prepare_scene(image, labels, img_size, cfg, rng, kind=info["kind"])
+        limits = None
+        if cfg.appearance_prob > 0 and rng.random() < cfg.appearance_prob:
+            from napari_sam.synthetic.appearance import AppearanceConfig, random_appearance
+
+            image, labels, limits = random_appearance(
+                image, labels, rng, AppearanceConfig(prob=1.0)
+            )
+        scene = prepare_scene(
+            image, labels, img_size, cfg, rng, kind=info["kind"], contrast_limits=limits
+        )
         if scene is not None:
             return scene
     raise RuntimeError("could not draw a scene with a trainable object in 100 tries")
@@ -208,9 +231,11 @@ def prepare_scene(
     cfg: DataConfig,
     rng: np.random.Generator,
     kind: str = "custom",
+    contrast_limits: tuple[float, float] | None = None,
 ) -> Scene | None:
-    """Normalize and resize a scene, pick its objects; None when no object qualifies."""
-    rgb = prepare_rgb(image, img_size)
+    """Normalize (with ``contrast_limits``, default: the Predictor's range) and resize
+    a scene, pick its objects; None when no object qualifies."""
+    rgb = prepare_rgb(image, img_size, contrast_limits)
     size = (rgb.shape[1], rgb.shape[2])
     lab = resize_labels(labels, size, img_size)
     ids = select_objects(lab, cfg.objects_per_image, rng, cfg.min_area)
@@ -249,14 +274,23 @@ class StackSource:
     used: int = 0
     params: dict = field(default_factory=dict)
 
-    def _generate(self, rng: np.random.Generator, shape: tuple[int, int], depth: int) -> None:
+    def _generate(
+        self, rng: np.random.Generator, shape: tuple[int, int], depth: int, cfg: DataConfig
+    ) -> None:
         from napari_sam.normalize import default_range, stack_intensity_range
         from napari_sam.synthetic import nuclei_stack
 
         size = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+        radius = (6.0 * size, 13.0 * size)
+        anisotropy = float(rng.uniform(1.5, 4.0))
+        if cfg.small_stack_prob > 0 and rng.random() < cfg.small_stack_prob:
+            shape = (int(rng.integers(48, 97)), int(rng.integers(48, 97)))
+            low = float(rng.uniform(3.5, 5.0))
+            radius = (low, low + float(rng.uniform(1.0, 2.5)))
+            anisotropy = float(rng.uniform(2.5, 5.0))
         self.params = {
-            "anisotropy": float(rng.uniform(1.5, 4.0)),
-            "radius": (6.0 * size, 13.0 * size),
+            "anisotropy": anisotropy,
+            "radius": radius,
             "elongation": (1.0, float(rng.uniform(1.1, 1.8))),
             "irregularity": float(rng.uniform(0.0, 0.3)),
             "cluster_prob": float(rng.uniform(0.0, 0.6)),
@@ -269,12 +303,21 @@ class StackSource:
         self.stack, self.labels = nuclei_stack((depth, *shape), seed=rng, **self.params)
         fixed = default_range(self.stack[:1, :1, :1])
         self.limits = fixed if fixed is not None else stack_intensity_range(self.stack)
+        if cfg.stack_window_prob > 0 and rng.random() < cfg.stack_window_prob:
+            from napari_sam.synthetic.appearance import visible_contrast, window
+
+            mid = self.stack.shape[0] // 2
+            for _ in range(4):
+                limits = window(self.stack, "random", rng)
+                if visible_contrast(self.stack[mid], self.labels[mid], limits) >= 0.06:
+                    self.limits = limits
+                    break
         self.used = 0
 
     def next(self, rng: np.random.Generator, img_size: int, cfg: DataConfig) -> Scene | None:
         """One slice with propagation-style objects; None when no object qualifies."""
         if self.stack is None or self.used >= cfg.stack_slices:
-            self._generate(rng, tuple(cfg.base_shape), cfg.stack_depth)
+            self._generate(rng, tuple(cfg.base_shape), cfg.stack_depth, cfg)
         self.used += 1
         n_z = self.stack.shape[0]
         z = int(rng.integers(0, n_z))

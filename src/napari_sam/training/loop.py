@@ -588,8 +588,9 @@ def train(
     *,
     log: Callable[[str], None] = print,
     validate: Callable[[Any], dict] | None = None,
+    resume: bool = False,
 ) -> TrainResult:
-    """Train a micro model from scratch.
+    """Train a micro model from scratch (or from ``cfg.init_weights``), resumably.
 
     Parameters
     ----------
@@ -599,6 +600,11 @@ def train(
     log : called with each log line
     validate : ``validate(model) -> dict`` of metrics, run every ``val_every`` steps
         and at the end (e.g. :func:`napari_sam.training.validation.quick_validation`)
+    resume : continue the run saved in ``out_dir`` (its ``state.pt``, see
+        :mod:`napari_sam.training.resume`) instead of starting over: model,
+        optimizer, step, training seconds, random streams and the record carry
+        on; ``cfg`` must be the run's configuration except for ``steps`` and
+        ``time_limit_s``, which may be raised to extend it
 
     Returns
     -------
@@ -635,9 +641,24 @@ def train(
         init_positional_encoding(model, cfg.pe_scales, gen_init)
         if cfg.attention_init > 0:
             init_decoder_attention(model, cfg.attention_init)
+    from napari_sam.training.resume import load_state, save_state
+
+    state = load_state(out_dir) if resume and out_dir is not None else None
+    if resume and state is None:
+        raise FileNotFoundError(
+            f"nothing to resume in {out_dir!r} (no state.pt); start the run without resume"
+        )
+    if state is not None:
+        model.load_state_dict(state.model)
     model = model.to(device)
     head = dense_head(model) if cfg.aux_weight > 0 else None
     optimizer = build_optimizer(model, cfg, extra=head)
+    if state is not None:
+        optimizer.load_state_dict(state.optimizer)
+        if head is not None and state.head is not None:
+            head.load_state_dict(state.head)
+        rng.bit_generator.state = state.numpy_rng
+        gen.set_state(state.torch_gen)
     n_params = sum(p.numel() for p in model.parameters())
     record: dict[str, Any] = {
         "train_config": cfg.to_dict(),
@@ -658,16 +679,42 @@ def train(
     }
     if previous is not None:
         record["previous_stage"] = previous
+    if state is not None:
+        saved = json.loads((Path(out_dir) / "training_record.json").read_text())
+        record["log"], record["validation"] = saved.get("log", []), saved.get("validation", [])
+        record["sessions"] = saved.get("sessions", [])
+        for key in ("previous_stage", "command"):
+            if key in saved:
+                record[key] = saved[key]
+    record.setdefault("sessions", []).append(
+        {
+            "start_step": 0 if state is None else state.step,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "torch_threads": torch.get_num_threads(),
+        }
+    )
     log(f"micro model: {n_params / 1e6:.2f} M parameters on {device}; {cfg.steps} steps, "
         f"time limit {cfg.time_limit_s:.0f} s")
     out = Path(out_dir) if out_dir is not None else None
     latest = out / "micro_sam_latest.pt" if out is not None else None
-    t0 = time.perf_counter()
-    data_time = 0.0
-    steps_done = 0
-    stacks = StackSource()
+    before = 0.0 if state is None else state.elapsed_s
+    t0 = time.perf_counter() - before  # elapsed counts the training seconds of all sessions
+    data_time = 0.0 if state is None else state.data_time_s
+    start = 0 if state is None else state.step
+    steps_done = start
+    stacks = StackSource() if state is None else state.stacks
+    if state is not None:
+        log(f"resuming at step {start} after {before:.0f} s of training")
     window: list[StepStats] = []
-    for step in range(cfg.steps):
+
+    def checkpoint(step: int, final: bool = False) -> None:
+        _checkpoint(model, record, out, latest, step, t0, data_time, final=final)
+        save_state(
+            out, model=model, optimizer=optimizer, head=head, rng=rng, gen=gen, stacks=stacks,
+            step=step, elapsed_s=time.perf_counter() - t0, data_time_s=data_time,
+        )
+
+    for step in range(start, cfg.steps):
         elapsed = time.perf_counter() - t0
         if elapsed >= cfg.time_limit_s:
             log(f"time limit reached after {step} steps")
@@ -712,11 +759,11 @@ def train(
         if validate is not None and cfg.val_every and (step + 1) % cfg.val_every == 0:
             _run_validation(model, validate, record, step + 1, t0, log)
         if latest is not None and (step + 1) % cfg.checkpoint_every == 0:
-            _checkpoint(model, record, out, latest, step + 1, t0, data_time)
+            checkpoint(step + 1)
     if validate is not None:
         _run_validation(model, validate, record, steps_done, t0, log)
     if latest is not None:
-        _checkpoint(model, record, out, latest, steps_done, t0, data_time, final=True)
+        checkpoint(steps_done, final=True)
     model.eval()
     return TrainResult(model=model, record=record)
 

@@ -203,9 +203,15 @@ def _predict_all(predictor, emb, points=None, boxes=None, multimask=True, chunk=
 
 
 def evaluate_image(
-    predictor, image: np.ndarray, labels: np.ndarray, min_area: int = 30
+    predictor,
+    image: np.ndarray,
+    labels: np.ndarray,
+    min_area: int = 30,
+    contrast_limits: tuple[float, float] | None = None,
 ) -> dict[str, list[float]]:
     """Per-object IoU from a centre click, a box (multimask, best score) and a box (single).
+
+    ``contrast_limits`` are passed to ``predictor.embed`` (None: its default range).
 
     Returns a dict of lists ``"point"``, ``"box"``, ``"box_single"`` (one IoU per object).
     """
@@ -213,7 +219,7 @@ def evaluate_image(
     out: dict[str, list[float]] = {"point": [], "box": [], "box_single": []}
     if ids.size == 0:
         return out
-    emb = predictor.embed(image)
+    emb = predictor.embed(image, contrast_limits=contrast_limits)
     for key, kw in (
         ("point", {"points": points}),
         ("box", {"boxes": boxes}),
@@ -225,12 +231,25 @@ def evaluate_image(
 
 
 def evaluate_set(
-    predictor, vset: ValidationSet, seeds: Sequence[int] | None = None
+    predictor,
+    vset: ValidationSet,
+    seeds: Sequence[int] | None = None,
+    condition: str | None = None,
 ) -> dict[str, Any]:
-    """Mean IoUs over a validation set: ``{"point", "box", "box_single", "n_objects"}``."""
+    """Mean IoUs over a validation set: ``{"point", "box", "box_single", "n_objects"}``.
+
+    ``condition`` names a stress condition of
+    :data:`napari_sam.synthetic.appearance.STRESS_CONDITIONS` applied to every
+    scene (with the scene's seed), including its contrast limits.
+    """
+    from napari_sam.synthetic.appearance import apply_condition
+
     acc: dict[str, list[float]] = {"point": [], "box": [], "box_single": []}
-    for image, labels in vset.scenes(seeds):
-        res = evaluate_image(predictor, image, labels, vset.min_area)
+    for seed, (image, labels) in zip(vset.seeds if seeds is None else seeds, vset.scenes(seeds)):
+        limits = None
+        if condition is not None:
+            image, labels, limits = apply_condition(image, labels, condition, int(seed))
+        res = evaluate_image(predictor, image, labels, vset.min_area, limits)
         for k in acc:
             acc[k].extend(res[k])
     summary: dict[str, Any] = {k: float(np.mean(v)) if v else float("nan") for k, v in acc.items()}
@@ -240,18 +259,24 @@ def evaluate_set(
 
 
 def quick_validation(
-    model, sets: Sequence[str] = ("nuclei_256", "nuclei_irregular"), n_images: int = 2
+    model,
+    sets: Sequence[str] = ("nuclei_256", "nuclei_irregular"),
+    n_images: int = 2,
+    conditions: Sequence[str] = ("saturated_minmax", "inverted", "scale_0.5"),
 ) -> dict[str, float]:
-    """A fast check used during training: mean point/box IoU on a few held-out images."""
+    """A fast check used during training: mean point/box IoU on a few held-out images,
+    clean and (on the first set) under a few stress ``conditions``."""
     from napari_sam.predictor import Predictor
 
     predictor = Predictor(model, precision="float32")
     out = {}
-    for name in sets:
+    runs = [(name, None) for name in sets] + [(sets[0], c) for c in conditions]
+    for name, condition in runs:
         vset = VALIDATION_SETS[name]
-        res = evaluate_set(predictor, vset, vset.seeds[:n_images])
-        out[f"{name}_point"] = res["point"]
-        out[f"{name}_box"] = res["box"]
+        res = evaluate_set(predictor, vset, vset.seeds[:n_images], condition)
+        key = name if condition is None else f"{name}@{condition}"
+        out[f"{key}_point"] = res["point"]
+        out[f"{key}_box"] = res["box"]
     return out
 
 
