@@ -69,6 +69,7 @@ def run(args) -> int:
     import numpy as np
 
     from napari_sam.cli._common import progress_printer
+    from napari_sam.cli._overview import ObjectRow, write_overview
     from napari_sam.io import write_labels_tiff
     from napari_sam.masks import keep_prompted_parts
     from napari_sam.normalize import stack_intensity_range
@@ -103,40 +104,28 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     tiff = write_labels_tiff(args.out / "labels.tif", labels, scale=SCALE, axes="ZYX")
     png = args.out / "overview.png"
-    write_overview(png, stack, labels, limits)
 
     print(f"{'id':>3} {'click (z,row,col)':>18} {'z range':>9} {'true z':>9} "
           f"{'voxels':>7} {'Dice':>6}")
-    scores = []
+    rows = []
     for obj_id, (z, r, c) in clicks.items():
         found = labels == obj_id
         true = truth == obj_id
         zs, tz = np.nonzero(found.any(axis=(1, 2)))[0], np.nonzero(true.any(axis=(1, 2)))[0]
+        rows.append(ObjectRow(
+            obj_id, (z, r, c),
+            (int(zs.min()), int(zs.max())) if zs.size else None,
+            (int(tz.min()), int(tz.max())) if tz.size else None,
+            dice(found, true),
+        ))
         z_range = f"{zs.min()}-{zs.max()}" if zs.size else "-"
-        scores.append(dice(found, true))
         print(f"{obj_id:>3} {f'({z},{r},{c})':>18} {z_range:>9} {f'{tz.min()}-{tz.max()}':>9} "
-              f"{int(found.sum()):>7} {scores[-1]:>6.3f}")
-    print(f"mean 3D Dice {np.mean(scores):.3f} over {len(scores)} nuclei"
+              f"{int(found.sum()):>7} {rows[-1].dice:>6.3f}")
+    mean = float(np.mean([row.dice for row in rows]))
+    print(f"mean 3D Dice {mean:.3f} over {len(rows)} nuclei"
           + (" (cancelled)" if result.cancelled else ""))
+    title = (f"napari-sam demo: {len(rows)} nuclei, one click each, propagated through "
+             f"{stack.shape[0]} slices with {args.model}; mean 3D Dice {mean:.3f}")
+    write_overview(png, stack, labels, limits, clicks, rows, title)
     print(f"wrote {tiff} and {png}")
     return 0
-
-
-def write_overview(path: Path, stack, labels, limits) -> None:
-    """PNG: a few z slices side by side, intensity in grey, label outlines in colour."""
-    import numpy as np
-    from skimage.io import imsave
-    from skimage.segmentation import find_boundaries
-
-    zs = np.linspace(0, stack.shape[0] - 1, 6).round().astype(int)[1:-1]
-    low, high = limits
-    rng = np.random.default_rng(0)
-    colours = rng.integers(80, 256, (int(labels.max()) + 1, 3)).astype(np.uint8)
-    tiles = []
-    for z in zs:
-        grey = np.clip((stack[z].astype(np.float32) - low) / max(high - low, 1e-9), 0, 1)
-        rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
-        edges = find_boundaries(labels[z], mode="inner")
-        rgb[edges] = colours[labels[z][edges]]
-        tiles.append(np.pad(rgb, ((4, 4), (4, 4), (0, 0))))
-    imsave(path, np.concatenate(tiles, axis=1), check_contrast=False)
