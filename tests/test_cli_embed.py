@@ -160,6 +160,32 @@ def test_killed_run_resumes_without_recomputing(files, tmp_path, capsys):
     assert_same_store(out, files["ref"])
 
 
+@pytest.mark.parametrize("where", ["in-process", "scheduler"])
+def test_rerun_finds_damaged_chunks_and_recomputes_them(files, tmp_path, capsys, request, where):
+    """A truncated and a deleted chunk (flags set) are not "verified": they are computed again."""
+    out = tmp_path / "e.zarr"
+    extra = ["--workers", "0"]
+    if where == "scheduler":
+        extra = ["--scheduler", request.getfixturevalue("threaded_scheduler")]
+    assert main(embed_args(files, out, "--workers", "0", "--max-slices", "6")) == 0
+    capsys.readouterr()
+    for z, damage in ((1, "truncate"), (4, "delete")):
+        (f,) = [p for p in (out / "features" / "c" / str(z)).rglob("*") if p.is_file()]
+        if damage == "truncate":
+            f.write_bytes(f.read_bytes()[:100])
+        else:
+            f.unlink()
+    assert main(embed_args(files, out, *extra)) == 0
+    captured = capsys.readouterr()
+    assert (
+        f"{N_SLICES - 6 + 2} slice(s) computed, 6 already done (4 verified, 2 damaged, computed "
+        "again)" in captured.out
+    )
+    warning = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "was damaged" in warning[0] and str(out) in warning[0]
+    assert_same_store(out, files["ref"])
+
+
 def test_unreachable_scheduler_fails_fast(files, tmp_path, capsys):
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -432,7 +432,7 @@ def test_tiled_store_layout_and_round_trip(tiny, tmp_path):
     path = tmp_path / "t.zarr"
     store = embed_stack(data, tiny, path, contrast_limits=(0, 4000))
     m = store.metadata
-    assert m.tiling == {"tile": 256, "overlap": 64, "n_tiles": 4} and m.version == 2
+    assert m.tiling == {"tile": 256, "overlap": 64, "n_tiles": 4} and m.version == 3
     assert store.read_features((0,)).shape == (5, *m.embedding_shape)
     assert "4 tiles per slice" in repr(store)
     fresh = tiny.embed(data[1], contrast_limits=(0, 4000)).compute()
@@ -482,7 +482,7 @@ def test_tiled_store_write_forms_and_refusals(tiny, tmp_path):
     embed_stack(data, flat, tmp_path / "flat.zarr", contrast_limits=(0, 4000))
     with pytest.raises(StoreMismatchError, match=r"tiling: store untiled.*requested tiled"):
         embed_stack(data, tiny, tmp_path / "flat.zarr")
-    assert EmbeddingStore.open(tmp_path / "flat.zarr").metadata.version == 1
+    assert EmbeddingStore.open(tmp_path / "flat.zarr").metadata.version == 3
 
 
 def test_tiled_embedding_from_features_without_image(tiny):

@@ -118,6 +118,35 @@ def test_second_annotator_reuses_the_store(viewer, tmp_path):
     assert len(again.embed_calls) == 1 and (1,) in ann2.embedding_store
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "deleted"])
+def test_damaged_chunk_is_recomputed_not_raised(viewer, tmp_path, damage):
+    """issue 16: a damaged features chunk crashed segment() (zstd error) or gave zeros."""
+    from napari_sam.store import StoreDamageWarning
+
+    image = viewer.add_image(stack(), contrast_limits=(0, 1000))
+    path = tmp_path / "s.embeddings.zarr"
+    ann = Annotator(viewer, image, predictor=FeaturePredictor(), store=path)
+    ann.add_point((2, 20, 20))
+    masks = ann.segment((2,))
+    ann.close(remove_layers=True)
+    (chunk,) = [f for f in (path / "features" / "c" / "2").rglob("*") if f.is_file()]
+    if damage == "truncated":
+        chunk.write_bytes(chunk.read_bytes()[:10])
+    elif damage == "empty":
+        chunk.write_bytes(b"")
+    else:
+        chunk.unlink()
+
+    again = FeaturePredictor()
+    ann2 = Annotator(viewer, image, predictor=again, store=path)
+    ann2.add_point((2, 20, 20))
+    with pytest.warns(StoreDamageWarning, match=r"slice \(2,\) was damaged"):
+        masks2 = ann2.segment((2,))
+    np.testing.assert_array_equal(masks2[0], masks[0])
+    assert len(again.embed_calls) == 1  # recomputed once, and rewritten:
+    assert EmbeddingStore.open(path).check_slice((2,)) is None
+
+
 def test_auto_store_only_for_images_opened_from_a_file(viewer, tmp_path, cache_dir):
     data = stack()
     memory_only = viewer.add_image(data, contrast_limits=(0, 1000), name="memory")

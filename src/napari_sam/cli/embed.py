@@ -114,6 +114,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"image file not found: {args.stack!r}")
 
 
+def _warn_damage(message: str) -> None:
+    """Damaged slices found by the verification: one line on stderr (they are recomputed)."""
+    sys.stderr.write(f"\nnapari-sam embed: warning: {message}\n")
+
+
 def _scheduler_address(address: str) -> str:
     return address if "://" in address else f"tcp://{address}"
 
@@ -148,6 +153,7 @@ def _run_distributed(args: argparse.Namespace, progress):
         "overwrite": args.overwrite,
         "max_slices": args.max_slices,
         "progress": progress,
+        "on_damage": _warn_damage,
     }
     if args.scheduler:
         address = _scheduler_address(args.scheduler)
@@ -198,6 +204,7 @@ def _run_local(args: argparse.Namespace, progress):
         verify=not args.no_verify,
         max_slices=args.max_slices,
         progress=progress,
+        on_damage=_warn_damage,
     )
 
 

@@ -7,7 +7,8 @@ half-written slice is never returned, and a reopened stack needs no
 recomputation. The store records what it was computed from (model weights,
 contrast limits, slice shape, model input geometry, a signature of the image)
 and refuses to serve another model, image or normalization, saying what
-differs.
+differs. Each slice's flag carries a checksum of its features: a damaged chunk
+is never served; it counts as not computed and is recomputed.
 
 Typical use::
 
@@ -42,6 +43,7 @@ from napari_sam.store._embed import (
     embed_stack,
     iter_embed,
 )
+from napari_sam.store._integrity import DamagedSliceError, StoreDamageWarning
 from napari_sam.store._metadata import (
     STORE_FORMAT,
     STORE_VERSION,
@@ -60,11 +62,13 @@ __all__ = [
     "STORE_FORMAT",
     "STORE_VERSION",
     "BoundEmbeddings",
+    "DamagedSliceError",
     "EmbedReport",
     "EmbeddingStore",
     "ModelIdentity",
     "NotAStoreError",
     "SliceEvent",
+    "StoreDamageWarning",
     "StoreMetadata",
     "StoreMismatchError",
     "StoreWriteError",

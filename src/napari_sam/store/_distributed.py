@@ -45,7 +45,8 @@ class SliceJob:
     device, precision : as for :class:`~napari_sam.predictor.Predictor`
     fingerprint : expected weights (:func:`~napari_sam.store.model_fingerprint`);
         a worker that loads other weights refuses to write
-    verify_only : only check a stored slice's pixels against its digest
+    verify_only : only check a stored slice: its pixels against its digest, its
+        features against their checksum (a damaged slice's flag is cleared)
     """
 
     store_path: str
@@ -61,12 +62,15 @@ class SliceJob:
 @dataclass(frozen=True)
 class SliceResult:
     """What a task did: ``status`` is ``"computed"``, ``"skipped"`` (already
-    stored), ``"verified"`` or ``"mismatch"`` (stored slice differs from the image)."""
+    stored), ``"verified"``, ``"mismatch"`` (stored slice differs from the image)
+    or ``"damaged"`` (its stored features are damaged: ``detail`` says how; the
+    slice now counts as missing)."""
 
     index: tuple[int, ...]
     status: str
     seconds: float
     worker: str
+    detail: str = ""
 
 
 class EmbedWorkerPlugin(WorkerPlugin):
@@ -168,15 +172,17 @@ def run_slice_job(job: SliceJob) -> SliceResult:
     stack = cache.stack(job.stack_path)
     index = tuple(job.index)
 
-    def result(status: str) -> SliceResult:
-        return SliceResult(index, status, time.perf_counter() - start, where)
+    def result(status: str, detail: str = "") -> SliceResult:
+        return SliceResult(index, status, time.perf_counter() - start, where, detail)
 
     if job.verify_only:
         stored = store.stored_digest(index)
-        if stored is None:
+        if stored is not None and stored != done_value(slice_digest(read_slice(stack, index))):
+            return result("mismatch")
+        if not store.has(index):  # discarded meanwhile
             return result("verified")
-        same = stored == done_value(slice_digest(read_slice(stack, index)))
-        return result("verified" if same else "mismatch")
+        problem = store.check_slice(index)  # reads the chunk, checks its checksum
+        return result("verified" if problem is None else "damaged", problem or "")
     if store.has(index):
         return result("skipped")
     predictor = cache.predictor(job)
@@ -218,6 +224,7 @@ def embed_stack_distributed(
     max_slices: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     torch_threads: int | None = None,
+    on_damage: Any = "warn",
 ) -> EmbedReport:
     """Embed the missing slices of an image file into a store, one Dask task per slice.
 
@@ -232,7 +239,9 @@ def embed_stack_distributed(
     device, precision : for the workers' :class:`~napari_sam.predictor.Predictor`
     contrast_limits, slice_axes, dtype, overwrite : see :func:`embed_stack`
     verify : first have the workers re-read the stored slices and check them
-        against their digests
+        against their digests and checksums; damaged slices are computed again
+    on_damage : how the first damaged slice is reported: ``"warn"``, ``"ignore"``
+        or ``callback(message)``
     max_slices : compute at most this many missing slices (None: all)
     progress : ``progress(done, total)`` after each finished slice
     torch_threads : torch threads per worker (None: torch's default)
@@ -285,14 +294,18 @@ def embed_stack_distributed(
 
     total = store.n_slices
     already = store.completed()
-    counts = {"computed": 0, "skipped": 0, "verified": 0}
+    counts = {"computed": 0, "skipped": 0, "verified": 0, "damaged": 0}
     bad: list[tuple[int, ...]] = []
 
     def on_verify(res: SliceResult) -> None:
         if res.status == "mismatch":
             bad.append(res.index)
-        else:
-            counts["verified"] += 1
+            return
+        counts[res.status] += 1
+        if res.status == "damaged" and counts["damaged"] == 1:
+            from napari_sam.store._integrity import DamagedSliceError
+
+            store.report_damaged(DamagedSliceError(store.path, res.index, res.detail), on_damage)
 
     if verify:
         _gather(client, [job(i, True) for i in already], on_verify)
@@ -304,10 +317,10 @@ def embed_stack_distributed(
                     f"{', '.join(str(i) for i in sorted(bad)[:10])}"
                 ],
             )
-    todo = store.missing()
+    todo = store.missing()  # after the verification: with the damaged slices
     if max_slices is not None:
         todo = todo[: max(0, int(max_slices))]
-    done = len(already)
+    done = len(already) - counts["damaged"]
     if progress is not None:
         progress(done, total)
 
@@ -325,4 +338,5 @@ def embed_stack_distributed(
         computed=counts["computed"],
         verified=counts["verified"],
         missing=total - store.n_complete,
+        damaged=counts["damaged"],
     )

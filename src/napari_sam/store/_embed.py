@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam.signature import image_signature, read_slice, slice_digest, slice_indices
+from napari_sam.store._integrity import DamagedSliceError
 from napari_sam.store._metadata import (
     StoreMetadata,
     StoreMismatchError,
@@ -142,8 +143,10 @@ class SliceEvent:
     Attributes
     ----------
     index : the slice
-    status : ``"computed"`` (embedded and stored now) or ``"verified"`` (already
-        stored; its pixels were checked against the stored digest)
+    status : ``"computed"`` (embedded and stored now), ``"verified"`` (already
+        stored; its pixels were checked against the stored digest and its features
+        against their checksum) or ``"damaged"`` (stored, but its chunk is damaged:
+        it counts as missing and is computed again)
     done : slices completely stored after this step
     total : slices in the stack
     """
@@ -163,8 +166,10 @@ class EmbedReport:
     total : slices in the stack
     already_done : slices complete before the run
     computed : slices embedded by this run
-    verified : complete slices re-read and checked against their digests
+    verified : complete slices re-read and checked against their digests and checksums
     missing : slices still not complete after the run (0 when finished)
+    damaged : complete slices whose stored features were damaged (counted in
+        ``already_done``, not in ``verified``): they were computed again
     """
 
     total: int
@@ -172,14 +177,20 @@ class EmbedReport:
     computed: int
     verified: int
     missing: int
+    damaged: int = 0
 
     def summary(self) -> str:
         """One line for logs and the command line."""
         state = "complete" if self.missing == 0 else f"{self.missing} slice(s) still missing"
+        checked = []
+        if self.verified:
+            checked.append(f"{self.verified} verified")
+        if self.damaged:
+            checked.append(f"{self.damaged} damaged, computed again")
+        checked_text = f" ({', '.join(checked)})" if checked else ""
         return (
             f"{self.computed} slice(s) computed, {self.already_done} already done"
-            f"{f' ({self.verified} verified)' if self.verified else ''}, "
-            f"{self.total} in total: {state}"
+            f"{checked_text}, {self.total} in total: {state}"
         )
 
 
@@ -198,6 +209,8 @@ def iter_embed(
     *,
     verify: bool = True,
     indices: list[tuple[int, ...]] | None = None,
+    max_slices: int | None = None,
+    on_damage: Any = "warn",
 ) -> Iterator[SliceEvent]:
     """Embed the missing slices of ``stack`` into ``store``, yielding after each slice.
 
@@ -209,9 +222,15 @@ def iter_embed(
     store : opened writable :class:`EmbeddingStore` for this stack
     stack : the stack (numpy, dask or zarr), same shape as the store's
     predictor : the store's model (checked by its weights)
-    verify : first re-read every complete slice and check its pixels against the
-        stored digest (cheap next to embedding); raise if any differ
-    indices : slices to compute (default: every missing one, in C order)
+    verify : first re-read every complete slice: check its pixels against the
+        stored digest (raise if any differ) and its features against their
+        checksum (a damaged slice counts as missing: it is computed again, and
+        reported once through ``on_damage``); cheap next to embedding
+    indices : slices to compute (default: every missing one, in C order, after
+        the verification)
+    max_slices : compute at most this many of them (None: all)
+    on_damage : ``"warn"``, ``"ignore"`` or ``callback(message)``, see
+        :meth:`EmbeddingStore.get_or_compute`
 
     Raises
     ------
@@ -232,10 +251,19 @@ def iter_embed(
             stored = store.stored_digest(index)
             if stored is not None and stored != done_value(slice_digest(read_slice(stack, index))):
                 bad.append(index)
+            try:
+                store.read_features(index)  # checks the checksum; a damaged slice is cleared
+            except DamagedSliceError as err:
+                store.report_damaged(err, on_damage)
+                done -= 1
+                yield SliceEvent(index, "damaged", done, total)
+                continue
             yield SliceEvent(index, "verified", done, total)
         if bad:
             raise _mismatch(store, bad)
     todo = store.missing() if indices is None else [store.normalize_index(i) for i in indices]
+    if max_slices is not None:
+        todo = todo[: max(0, int(max_slices))]
     for index in todo:
         if store.has(index):  # done meanwhile by another process
             continue
@@ -256,40 +284,40 @@ def embed_missing(
     max_slices: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
+    on_damage: Any = "warn",
 ) -> EmbedReport:
     """Run :func:`iter_embed` to the end (or ``max_slices`` computed, or ``cancel()`` true).
 
     ``progress(done, total)`` is called after each computed slice; ``cancel`` is
-    polled before each slice.
+    polled before each slice. Damaged slices found by the verification are
+    computed again (counted in ``EmbedReport.damaged``; ``on_damage`` as for
+    :func:`iter_embed`).
     """
     total = store.n_slices
     already = store.n_complete
-    computed = verified = 0
-    todo = store.missing()
-    if max_slices is not None:
-        todo = todo[: max(0, int(max_slices))]
+    counts = {"computed": 0, "verified": 0, "damaged": 0}
     if progress is not None:
         progress(already, total)
-    events = iter_embed(store, stack, predictor, verify=verify, indices=todo)
+    events = iter_embed(
+        store, stack, predictor, verify=verify, max_slices=max_slices, on_damage=on_damage
+    )
     try:
         while not (cancel is not None and cancel()):
             event = next(events, None)
             if event is None:
                 break
-            if event.status == "computed":
-                computed += 1
-                if progress is not None:
-                    progress(event.done, total)
-            else:
-                verified += 1
+            counts[event.status] += 1
+            if event.status == "computed" and progress is not None:
+                progress(event.done, total)
     finally:
         events.close()
     return EmbedReport(
         total=total,
         already_done=already,
-        computed=computed,
-        verified=verified,
+        computed=counts["computed"],
+        verified=counts["verified"],
         missing=total - store.n_complete,
+        damaged=counts["damaged"],
     )
 
 

@@ -14,9 +14,11 @@ from napari_sam.signature import ImageSignature
 
 #: ``format`` field of the store's metadata.
 STORE_FORMAT = "napari-sam-embeddings"
-#: Newest store layout this package reads: 1 = one feature map per slice,
-#: 2 = tiled slices (the tiles then the overview in each slice's chunk).
-STORE_VERSION = 2
+#: Store layout written by this package, and the newest it reads: 1 = one feature
+#: map per slice, 2 = tiled slices (the tiles then the overview in each slice's
+#: chunk), 3 = each slice's ``done`` chunk holds ``(flag, checksum of its features)``.
+#: Versions 1 and 2 are still read (without checksums).
+STORE_VERSION = 3
 #: Storage dtypes a store accepts.
 STORE_DTYPES = ("float16", "float32")
 
@@ -331,9 +333,9 @@ class StoreMetadata:
             raise ValueError(f"dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
         set_(self, "dtype", str(self.dtype))
         set_(self, "tiling", check_tiling(self.tiling))
-        # untiled stores keep version 1, which older napari-sam-stack reads; tiled ones
-        # are version 2, which it refuses (rather than misreading the tiles)
-        version = 1 if self.version is None else int(self.version)
+        # new stores are STORE_VERSION; an old store's metadata keeps its version (tiled
+        # stores are at least 2), which tells whether its slices carry checksums
+        version = STORE_VERSION if self.version is None else int(self.version)
         set_(self, "version", max(version, 2) if self.tiling is not None else version)
 
     @property

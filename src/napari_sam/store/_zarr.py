@@ -1,23 +1,16 @@
 """The on-disk embedding store: one zarr chunk per slice, a completion flag per slice.
 
-Layout of ``STORE.zarr`` (a zarr group)::
+The layout is described in :mod:`napari_sam.store._layout`.
 
-    attrs["napari_sam_embeddings"]   StoreMetadata as JSON (model, image, normalization...)
-    features   (*lead, C, e, e)      float16 (default) or float32, one chunk per slice;
-               (*lead, n_tiles + 1, C, e, e) for tiled slices (metadata ``tiling``):
-                                     the tiles in grid order, then the overview
-    done       (*lead,)              uint64, one chunk per slice: 0 = not complete,
-                                     otherwise the slice's digest (see below)
-
-A 2D image (no leading axes) is stored with a leading axis of length 1.
-
-The ``done`` value of a slice is written after its features, so a process
+The ``done`` chunk of a slice is written after its features, so a process
 killed in the middle of a write leaves that slice "not complete" and it is
-recomputed later: a half-written slice is never returned. The value is the
+recomputed later: a half-written slice is never returned. Its flag is the
 slice's :func:`~napari_sam.signature.slice_digest` (mapped away from 0 and 1),
 or 1 when the embedding was stored without its image; a slice read again is
-checked against it. Each flag is its own chunk file, so processes writing
-different slices never touch the same file.
+checked against it. From version 3 on the same chunk holds the CRC-32 of the
+stored features, checked on every read: a damaged chunk counts as not
+computed (:mod:`napari_sam.store._integrity`). Each flag is its own chunk file,
+so processes writing different slices never touch the same file.
 """
 
 from __future__ import annotations
@@ -26,80 +19,43 @@ import os
 import shutil
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_sam.signature import read_slice, slice_digest, slice_indices
+from napari_sam.signature import slice_indices
+from napari_sam.store._compute import BoundEmbeddings, StoreComputing, _weakrefable
+from napari_sam.store._integrity import (
+    CHECKSUM_VERSION,
+    DamagedSliceError,
+    chunk_problem,
+    features_checksum,
+)
+from napari_sam.store._layout import (
+    ATTRS_KEY,
+    NO_DIGEST,
+    chunk_of_embedding,
+    create_array,
+    done_value,
+    embedding_of_chunk,
+    read_metadata,
+    zarr_module,
+)
 from napari_sam.store._metadata import (
+    STORE_VERSION,
     NotAStoreError,
     StoreMetadata,
     StoreMismatchError,
     StoreWriteError,
-    describe_tiling,
-    predictor_identity,
-    tiling_of_grid,
 )
-from napari_sam.tiling import TiledEmbedding, TileGrid, embed_untiled
+from napari_sam.tiling import TileGrid
 
-#: Key of the metadata in the zarr group's attributes.
-ATTRS_KEY = "napari_sam_embeddings"
-#: ``done`` value of a complete slice stored without the digest of its image.
-NO_DIGEST = 1
+__all__ = ["ATTRS_KEY", "NO_DIGEST", "BoundEmbeddings", "EmbeddingStore", "done_value"]
 
 
-def done_value(digest: int | None) -> int:
-    """The ``done`` flag for a slice digest (never 0, which means "not complete")."""
-    if digest is None:
-        return NO_DIGEST
-    digest = int(digest)
-    return digest + 2 if digest < 2 else digest
-
-
-def _zarr():
-    import zarr
-
-    return zarr
-
-
-def _create_array(group: Any, name: str, **kwargs: Any) -> Any:
-    """``create_array`` on zarr 3, ``create_dataset`` on zarr 2."""
-    if hasattr(group, "create_array"):
-        return group.create_array(name, **kwargs)
-    return group.create_dataset(name, **kwargs)  # pragma: no cover - zarr 2
-
-
-def _is_store(path: Path) -> bool:
-    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
-
-
-def _read_metadata(path: Path) -> StoreMetadata:
-    zarr = _zarr()
-    if not path.exists():
-        raise FileNotFoundError(f"embedding store not found: {str(path)!r}")
-    if not _is_store(path):
-        raise NotAStoreError(
-            f"{str(path)!r} is not a zarr embedding store (no zarr group metadata); "
-            "choose a new path for the store"
-        )
-    try:
-        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
-    except Exception as err:  # an array, a corrupt group, an unreadable file...
-        raise NotAStoreError(
-            f"{str(path)!r} is not a readable zarr group ({type(err).__name__}: {err}); "
-            "choose a new path for the store"
-        ) from err
-    if ATTRS_KEY not in attrs:
-        raise NotAStoreError(
-            f"{str(path)!r} is a zarr group but not a napari-sam embedding store "
-            f"(no {ATTRS_KEY!r} attribute); choose a new path for the store"
-        )
-    return StoreMetadata.from_dict(attrs[ATTRS_KEY], path)
-
-
-class EmbeddingStore:
+class EmbeddingStore(StoreComputing):
     """Slice embeddings of one stack on disk, computed once and reused.
 
     Create with :meth:`create`, :meth:`open` or :meth:`for_stack` (open if
@@ -136,6 +92,18 @@ class EmbeddingStore:
         self._features = group["features"]
         self._done = group["done"]
         self._checked_predictors: Any = weakref.WeakSet()
+        #: whether each slice's ``done`` chunk holds the checksum of its features
+        self.checksums = int(metadata.version) >= CHECKSUM_VERSION
+        #: slices found damaged by this object (they were then treated as not computed)
+        self.damaged: list[tuple[int, ...]] = []
+        self._damage_reported = False
+        n_lead = len(metadata.lead_shape or (1,))
+        if self._done.ndim != n_lead + self.checksums:
+            raise NotAStoreError(
+                f"{str(path)!r} has inconsistent metadata: version {metadata.version} but a "
+                f"{self._done.ndim}-D completion array for {n_lead} leading axis(es); recompute "
+                "the store (napari-sam embed --overwrite)"
+            )
         self.grid: TileGrid | None = None
         if metadata.tiling is not None:
             t = metadata.tiling
@@ -225,26 +193,27 @@ class EmbeddingStore:
         place, so a crash never leaves a store without metadata.
         """
         path = Path(path)
+        metadata = metadata.with_updates(version=STORE_VERSION)  # always the current layout
         if path.exists():
             if not overwrite:
                 raise FileExistsError(
                     f"{str(path)!r} already exists; open it with EmbeddingStore.open, or pass "
                     "overwrite=True to replace it"
                 )
-            _read_metadata(path)  # raises NotAStoreError: never delete other data
+            read_metadata(path)  # raises NotAStoreError: never delete other data
             try:
                 shutil.rmtree(path)
             except OSError as err:
                 raise StoreWriteError(path, f"could not remove the old store ({err})", err) from err
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
-        zarr = _zarr()
+        zarr = zarr_module()
         lead = metadata.lead_shape or (1,)
         ones = (1,) * len(lead)
         try:
             if not path.parent.exists():
                 path.parent.mkdir(parents=True)
             group = zarr.open_group(str(tmp), mode="w")
-            _create_array(
+            create_array(
                 group,
                 "features",
                 shape=(*lead, *metadata.chunk_shape),
@@ -252,7 +221,9 @@ class EmbeddingStore:
                 dtype=metadata.dtype,
                 fill_value=0,
             )
-            _create_array(group, "done", shape=lead, chunks=ones, dtype="uint64", fill_value=0)
+            create_array(  # (flag, checksum) per slice, in one chunk
+                group, "done", shape=(*lead, 2), chunks=(*ones, 2), dtype="uint64", fill_value=0
+            )
             group.attrs.update({ATTRS_KEY: metadata.to_dict()})
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -299,7 +270,7 @@ class EmbeddingStore:
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' (read only) or 'r+' (read/write), got {mode!r}")
         path = Path(path)
-        metadata = _read_metadata(path)
+        metadata = read_metadata(path)
         if expect is not None:
             differences = metadata.differences(expect)
             if differences:
@@ -308,7 +279,7 @@ class EmbeddingStore:
             raise StoreWriteError(
                 path, "the directory is not writable (open it with mode='r' to only read)"
             )
-        group = _zarr().open_group(str(path), mode=mode)
+        group = zarr_module().open_group(str(path), mode=mode)
         return cls(path, metadata, group, read_only=mode == "r")
 
     @classmethod
@@ -359,7 +330,7 @@ class EmbeddingStore:
                 contrast_limits=contrast_limits,
                 slice_axes=slice_axes,
                 probe=False,
-                existing=_read_metadata(path),
+                existing=read_metadata(path),
             )
             store = cls.open(path, expect, mode=mode)
         else:
@@ -434,11 +405,18 @@ class EmbeddingStore:
         return idx if idx else (0,)
 
     # ------------------------------------------------------------- completion
-    def _flag(self, idx: tuple[int, ...]) -> int:
+    def _state(self, idx: tuple[int, ...]) -> tuple[int, int | None]:
+        """``(flag, checksum)`` of a slice; checksum None in stores without checksums."""
         try:
-            return int(self._done[self._key(idx)])
-        except (ValueError, RuntimeError, OSError):  # pragma: no cover - corrupt flag chunk
-            return 0
+            value = np.asarray(self._done[self._key(idx)])
+        except (ValueError, RuntimeError, OSError):  # a damaged flag chunk: not complete
+            return 0, None
+        if self.checksums:
+            return int(value[0]), int(value[1])
+        return int(value), None
+
+    def _flag(self, idx: tuple[int, ...]) -> int:
+        return self._state(idx)[0]
 
     def has(self, index: Any) -> bool:
         """True when the slice's embedding is completely stored."""
@@ -453,7 +431,9 @@ class EmbeddingStore:
     def _flags(self) -> np.ndarray:
         try:
             flags = np.asarray(self._done[...])
-        except (ValueError, RuntimeError, OSError):  # pragma: no cover - corrupt flag chunk
+            if self.checksums:
+                flags = flags[..., 0]
+        except (ValueError, RuntimeError, OSError):  # a damaged flag chunk: read one by one
             flags = np.array([self._flag(i) for i in self.indices()], dtype=np.uint64)
         return flags.reshape(self.lead_shape or (1,))
 
@@ -484,20 +464,63 @@ class EmbeddingStore:
         ``(C, e, e)``, or ``(n_tiles + 1, C, e, e)`` for a tiled store (the tiles
         in grid order, then the overview).
 
-        Reads one chunk only.
+        Reads one chunk only, and checks it against the checksum stored with its
+        flag (stores of version 3 on; older ones: see
+        :func:`~napari_sam.store._integrity.chunk_problem`).
 
         Raises
         ------
+        DamagedSliceError
+            (a ``KeyError``) The slice is flagged complete but its chunk is damaged;
+            its flag is cleared when the store is writable, so it counts as not
+            computed from now on.
         KeyError
             The slice is not completely stored.
+        OSError
+            The chunk file cannot be read (permissions, I/O error).
         """
         idx = self.normalize_index(index)
-        if self._flag(idx) == 0:
+        flag, checksum = self._state(idx)
+        if flag == 0:
             raise KeyError(
                 f"slice {idx} has no complete embedding in {str(self.path)!r}; compute it with "
                 "get_or_compute or embed_stack"
             )
-        return np.asarray(self._features[self._key(idx)])
+        try:
+            data = np.asarray(self._features[self._key(idx)])
+        except OSError:
+            raise
+        except Exception as err:  # zarr/numcodecs decode errors: RuntimeError, ValueError...
+            reason = f"its chunk cannot be decoded: {type(err).__name__}: {err}"
+            raise self._damaged(idx, flag, reason) from err
+        reason = chunk_problem(data, self.metadata.chunk_shape, self.metadata.dtype, checksum)
+        if reason is not None:
+            raise self._damaged(idx, flag, reason)
+        return data
+
+    def check_slice(self, index: Any) -> str | None:
+        """Read a complete slice's chunk and say what is wrong with it (None: sound).
+
+        A damaged slice is handled as by :meth:`read_features` (flag cleared when
+        writable, listed in :attr:`damaged`). Raises ``KeyError`` for a slice that
+        is not complete.
+        """
+        try:
+            self.read_features(index)
+        except DamagedSliceError as err:
+            return err.reason
+        return None
+
+    def _damaged(self, idx: tuple[int, ...], flag: int, reason: str) -> DamagedSliceError:
+        """Record a damaged slice and clear its flag (if still the one read), for the error."""
+        self.damaged.append(idx)
+        if not self.read_only:
+            try:
+                if self._flag(idx) == flag:  # not rewritten meanwhile by another process
+                    self._done[self._key(idx)] = 0
+            except OSError:  # pragma: no cover - the rewrite will report an unwritable store
+                pass
+        return DamagedSliceError(self.path, idx, reason)
 
     def get(self, index: Any, device: Any = None) -> Any:
         """One slice's embedding, features float32 on ``device``.
@@ -512,52 +535,17 @@ class EmbeddingStore:
         Raises
         ------
         KeyError
-            The slice is not completely stored.
+            The slice is not completely stored, or it is damaged
+            (:class:`~napari_sam.store.DamagedSliceError`, see :meth:`read_features`).
         """
         idx = self.normalize_index(index)
         return self._embedding(self.read_features(idx), idx, device)
 
     def _embedding(self, data: np.ndarray, idx: tuple[int, ...], device: Any) -> Any:
         """The embedding of one slice's chunk ``data`` (storage layout)."""
-        import torch
-
-        from napari_sam.predictor import Embedding, resized_shape
-
-        features = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-        device = self.device if device is None else device
-        if str(device) != "cpu":
-            features = features.to(device)
-        m = self.metadata
-        info = {"model": m.model_name, "precision": m.precision}
         where = {"store": str(self.path), "index": idx}
-        limits = m.contrast_limits
-        if self.grid is None:
-            return Embedding(
-                features=features[None],
-                original_size=tuple(m.original_size),
-                input_size=tuple(m.input_size),
-                contrast_limits=limits,
-                metadata={**info, **where},
-            )
-        grid = self.grid
-        tiles = []
-        for i in range(len(grid)):
-            r0, c0, r1, c1 = grid.window(i)
-            h, w = r1 - r0, c1 - c0
-            tiles.append(
-                Embedding(features[i : i + 1], (h, w), resized_shape(h, w, grid.tile), limits, info)
-            )
-        overview = Embedding(
-            features[-1:], tuple(m.original_size), tuple(m.input_size), limits, dict(info)
-        )
-        return TiledEmbedding.from_features(
-            grid,
-            tiles,
-            overview,
-            m.original_size,
-            limits,
-            {**info, "tiling": dict(m.tiling), **where},
-        )
+        device = self.device if device is None else device
+        return embedding_of_chunk(self.metadata, self.grid, data, where, device)
 
     def __getitem__(self, index: Any) -> Any:
         return self.get(index)
@@ -586,45 +574,7 @@ class EmbeddingStore:
         StoreMismatchError
             The embedding is tiled differently from the store, or has another shape.
         """
-        m = self.metadata
-
-        def numpy(t: Any) -> np.ndarray:
-            if hasattr(t, "detach"):
-                t = t.detach().float().cpu().numpy()
-            return np.asarray(t)
-
-        if isinstance(embedding, TiledEmbedding):
-            found = tiling_of_grid(embedding.grid)
-            if found != m.tiling:
-                raise StoreMismatchError(
-                    self.path,
-                    [
-                        f"tiling: store {describe_tiling(m.tiling)}, this embedding "
-                        f"{describe_tiling(found)}"
-                    ],
-                    hint="Embed with the predictor settings (tiling, tile_overlap) the store "
-                    "was computed with, or recompute the store (overwrite=True).",
-                )
-            embedding.compute()
-            parts = [embedding.tile(i) for i in range(embedding.n_tiles)]
-            parts.append(embedding.overview())
-            maps = [numpy(p.features) for p in parts]
-            data = np.stack([f[0] if f.ndim == 4 else f for f in maps])
-        else:
-            data = numpy(getattr(embedding, "features", embedding))
-        shape = m.chunk_shape
-        if m.tiling is None and data.shape == (1, *shape):
-            data = data[0]
-        if data.shape != shape:
-            raise StoreMismatchError(
-                self.path,
-                [
-                    f"embedding shape: store {shape} ({describe_tiling(m.tiling)}), this "
-                    f"embedding {data.shape}"
-                ],
-                hint="Was the slice embedded by the store's model, with the store's tiling?",
-            )
-        return data
+        return chunk_of_embedding(self.metadata, self.path, embedding)
 
     def write(self, index: Any, features: Any, *, image_digest: int | None = None) -> None:
         """Store one slice: its features, then its completion flag.
@@ -652,8 +602,12 @@ class EmbeddingStore:
         try:
             if self._flag(idx) != 0:  # rewrite: never leave new data under an old flag
                 self._done[key] = 0
-            self._features[key] = data.astype(self.metadata.dtype)
-            self._done[key] = np.uint64(done_value(image_digest))
+            stored = np.ascontiguousarray(data, dtype=self.metadata.dtype)
+            self._features[key] = stored
+            flag = np.uint64(done_value(image_digest))
+            if self.checksums:  # the flag and the features' checksum, in one chunk
+                flag = np.array([flag, features_checksum(stored)], dtype=np.uint64)
+            self._done[key] = flag
         except OSError as err:
             raise StoreWriteError(
                 self.path, f"writing slice {idx} failed ({type(err).__name__}: {err})", err
@@ -690,163 +644,6 @@ class EmbeddingStore:
         except OSError as err:
             raise StoreWriteError(self.path, f"{type(err).__name__}: {err}", err) from err
 
-    # -------------------------------------------------------------- compute
-    def check_predictor(self, predictor: Any) -> None:
-        """Raise :class:`StoreMismatchError` unless ``predictor`` runs the store's model.
-
-        The weights are hashed once per predictor object and store.
-        """
-        if _weakrefable(predictor) and predictor in self._checked_predictors:
-            return
-        identity = predictor_identity(predictor)
-        if identity.fingerprint != self.metadata.model_fingerprint:
-            raise StoreMismatchError(
-                self.path,
-                [
-                    f"model: computed with {self.metadata.model_name!r} (weights "
-                    f"{self.metadata.model_fingerprint}), not {identity.name!r} (weights "
-                    f"{identity.fingerprint})"
-                ],
-            )
-        if _weakrefable(predictor):
-            self._checked_predictors.add(predictor)
-
-    def get_or_compute(
-        self,
-        index: Any,
-        image: Any,
-        predictor: Any,
-        *,
-        verify: bool = True,
-        on_write_error: str | Callable[[StoreWriteError], None] = "raise",
-    ) -> Any:
-        """The embedding of one slice: read from the store, or computed and stored.
-
-        Parameters
-        ----------
-        index : slice index
-        image : that slice, ``(Y, X)`` or ``(Y, X, C)`` (numpy, dask or zarr)
-        predictor : the store's model (checked once, by its weights)
-        verify : check the slice's pixels against the digest stored with its embedding
-        on_write_error : ``"raise"``, ``"ignore"`` (return the computed embedding
-            without storing it, e.g. on a full disk), or a callable
-            ``on_write_error(err)`` called with the :class:`StoreWriteError` before
-            the computed embedding is returned unstored (to report the failure once)
-
-        Returns
-        -------
-        Embedding
-            Features float32 on the predictor's ``device`` (else ``self.device``);
-            freshly computed ones are rounded through the storage dtype, so they
-            equal what a later read returns.
-
-        Raises
-        ------
-        StoreMismatchError
-            Another model, or the slice differs from the one stored (``verify``).
-        """
-        if not callable(on_write_error) and on_write_error not in ("raise", "ignore"):
-            raise ValueError(
-                "on_write_error must be 'raise', 'ignore' or a callable taking the "
-                f"StoreWriteError, got {on_write_error!r}"
-            )
-        idx = self.normalize_index(index)
-        image = read_slice(image, ())
-        if image.shape != self.metadata.slice_shape:
-            raise ValueError(
-                f"slice {idx} has shape {image.shape}, but the store's slices are "
-                f"{self.metadata.slice_shape}"
-            )
-        if verify:
-            self.check_predictor(predictor)
-        flag = self._flag(idx)
-        device = getattr(predictor, "device", None)
-        digest = slice_digest(image) if (verify or flag == 0) else None
-        if flag != 0:
-            if verify and flag != NO_DIGEST and flag != done_value(digest):
-                raise StoreMismatchError(
-                    self.path,
-                    [f"image: slice {idx} differs from the slice its stored embedding came from"],
-                )
-            return self.get(idx, device=device)
-        emb = self.compute_embedding(image, predictor)
-        self.check_embedding(emb)
-        data = self.chunk_of(emb)
-        try:
-            self.write(idx, data, image_digest=digest)
-        except StoreWriteError as err:
-            if callable(on_write_error):
-                on_write_error(err)
-            elif on_write_error == "raise":
-                raise
-        if self.grid is not None:  # rounded through the storage dtype, as a read returns
-            return self._embedding(data.astype(self.metadata.dtype), idx, device)
-        return self._rounded(emb, idx)
-
-    def compute_embedding(self, image: Any, predictor: Any) -> Any:
-        """Embed one slice as this store holds it, without storing it.
-
-        Whole-slice stores get an untiled embedding (``tiling="off"``); tiled
-        stores the predictor's :class:`~napari_sam.tiling.TiledEmbedding` with
-        every tile and the overview computed (tiles batched). The store's
-        contrast limits are used.
-
-        Raises
-        ------
-        StoreMismatchError
-            The predictor tiles the slice differently from the store.
-        """
-        m = self.metadata
-        if m.tiling is None:
-            return embed_untiled(predictor, image, m.contrast_limits)
-        emb = predictor.embed(image, contrast_limits=m.contrast_limits)
-        found = tiling_of_grid(emb.grid) if isinstance(emb, TiledEmbedding) else None
-        if found != m.tiling:
-            raise StoreMismatchError(
-                self.path,
-                [f"tiling: store {describe_tiling(m.tiling)}, this predictor "
-                 f"{describe_tiling(found)}"],
-                hint="Embed with the predictor settings (tiling, tile_overlap) the store was "
-                "computed with, or recompute the store (overwrite=True).",
-            )
-        return emb.compute()
-
-    def _rounded(self, emb: Any, idx: tuple[int, ...]) -> Any:
-        """``emb`` with its features rounded through the storage dtype (as a read returns)."""
-        import dataclasses
-
-        features = getattr(emb, "features", None)
-        if not dataclasses.is_dataclass(emb) or not hasattr(features, "to"):
-            return emb
-        if self.metadata.dtype == "float16":
-            import torch
-
-            features = features.to(torch.float16).to(torch.float32)
-        meta = {**getattr(emb, "metadata", {}), "store": str(self.path), "index": idx}
-        return dataclasses.replace(emb, features=features, metadata=meta)
-
-    def bound(self, stack: Any, predictor: Any, *, verify: bool = True) -> BoundEmbeddings:
-        """Embeddings of any slice of ``stack``: stored ones read, missing ones computed and stored.
-
-        Pass the result as the ``embeddings`` argument of propagation or
-        "everything" functions: it supports ``emb[index]``, ``emb(index)`` and
-        ``index in emb``.
-        """
-        from napari_sam.signature import image_signature
-
-        if tuple(stack.shape) != self.metadata.stack_shape:
-            raise StoreMismatchError(
-                self.path,
-                [f"image shape: store {self.metadata.stack_shape}, image {tuple(stack.shape)}"],
-            )
-        if verify:
-            sig = image_signature(stack, self.metadata.slice_ndim)
-            diffs = self.metadata.image_signature.differences(sig)
-            if diffs:
-                raise StoreMismatchError(self.path, [f"image: {d}" for d in diffs])
-            self.check_predictor(predictor)
-        return BoundEmbeddings(self, stack, predictor, verify)
-
     def __repr__(self) -> str:
         m = self.metadata
         tiles = "" if m.tiling is None else f", {m.tiling['n_tiles']} tiles per slice"
@@ -856,41 +653,3 @@ class EmbeddingStore:
             f"{', read-only' if self.read_only else ''})"
         )
 
-
-def _weakrefable(obj: Any) -> bool:
-    try:
-        weakref.ref(obj)
-    except TypeError:
-        return False
-    return True
-
-
-class BoundEmbeddings:
-    """An :class:`EmbeddingStore` tied to its stack and predictor (:meth:`EmbeddingStore.bound`).
-
-    ``emb[index]`` and ``emb(index)`` return the slice's embedding, computing and
-    storing it first when it is missing; ``index in emb`` says whether it is stored.
-    """
-
-    def __init__(self, store: EmbeddingStore, stack: Any, predictor: Any, verify: bool) -> None:
-        self.store = store
-        self.stack = stack
-        self.predictor = predictor
-        self.verify = verify
-
-    def __getitem__(self, index: Any) -> Any:
-        idx = self.store.normalize_index(index)
-        if not self.verify and self.store.has(idx):
-            return self.store.get(idx)
-        return self.store.get_or_compute(
-            idx, read_slice(self.stack, idx), self.predictor, verify=self.verify
-        )
-
-    def __call__(self, index: Any) -> Any:
-        return self[index]
-
-    def __contains__(self, index: Any) -> bool:
-        return index in self.store
-
-    def __repr__(self) -> str:
-        return f"BoundEmbeddings({self.store!r})"

@@ -1,0 +1,268 @@
+"""The computing side of :class:`~napari_sam.store.EmbeddingStore`: read, or compute and store.
+
+:class:`StoreComputing` is a base class of ``EmbeddingStore`` (it uses the
+store's ``metadata``, ``path``, ``grid``, reading and writing methods); it is
+kept apart so that each module stays readable.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from napari_sam.signature import read_slice, slice_digest
+from napari_sam.store._integrity import (
+    DamagedSliceError,
+    OnDamage,
+    check_on_damage,
+    damage_message,
+    report_damage,
+)
+from napari_sam.store._layout import NO_DIGEST, done_value
+from napari_sam.store._metadata import (
+    StoreMismatchError,
+    StoreWriteError,
+    describe_tiling,
+    predictor_identity,
+    tiling_of_grid,
+)
+from napari_sam.tiling import TiledEmbedding, embed_untiled
+
+
+def _weakrefable(obj: Any) -> bool:
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True
+
+
+class StoreComputing:
+    """``check_predictor``, ``get_or_compute``, ``compute_embedding``, ``bound``."""
+
+    # ------------------------------------------------------------ damage
+    def report_damaged(self, err: DamagedSliceError, on_damage: OnDamage = "warn") -> None:
+        """Say once per store that damaged slices are being recomputed.
+
+        Parameters
+        ----------
+        err : the first damaged slice found
+        on_damage : ``"warn"`` (a :class:`~napari_sam.store.StoreDamageWarning`),
+            ``"ignore"``, or ``callback(message)``; later damaged slices of this
+            store are recomputed without a message (they are listed in
+            :attr:`damaged`)
+        """
+        if self._damage_reported:
+            return
+        self._damage_reported = True
+        report_damage(on_damage, damage_message(err, repaired=not self.read_only), stacklevel=4)
+
+    # -------------------------------------------------------------- compute
+    def check_predictor(self, predictor: Any) -> None:
+        """Raise :class:`StoreMismatchError` unless ``predictor`` runs the store's model.
+
+        The weights are hashed once per predictor object and store.
+        """
+        if _weakrefable(predictor) and predictor in self._checked_predictors:
+            return
+        identity = predictor_identity(predictor)
+        if identity.fingerprint != self.metadata.model_fingerprint:
+            raise StoreMismatchError(
+                self.path,
+                [
+                    f"model: computed with {self.metadata.model_name!r} (weights "
+                    f"{self.metadata.model_fingerprint}), not {identity.name!r} (weights "
+                    f"{identity.fingerprint})"
+                ],
+            )
+        if _weakrefable(predictor):
+            self._checked_predictors.add(predictor)
+
+    def get_or_compute(
+        self,
+        index: Any,
+        image: Any,
+        predictor: Any,
+        *,
+        verify: bool = True,
+        on_write_error: str | Callable[[StoreWriteError], None] = "raise",
+        on_damage: OnDamage = "warn",
+    ) -> Any:
+        """The embedding of one slice: read from the store, or computed and stored.
+
+        A stored slice whose chunk is damaged (checksum mismatch, undecodable,
+        see :mod:`napari_sam.store._integrity`) counts as not computed: it is
+        recomputed and rewritten, and the first such slice of the store is
+        reported through ``on_damage``.
+
+        Parameters
+        ----------
+        index : slice index
+        image : that slice, ``(Y, X)`` or ``(Y, X, C)`` (numpy, dask or zarr)
+        predictor : the store's model (checked once, by its weights)
+        verify : check the slice's pixels against the digest stored with its embedding
+        on_write_error : ``"raise"``, ``"ignore"`` (return the computed embedding
+            without storing it, e.g. on a full disk), or a callable
+            ``on_write_error(err)`` called with the :class:`StoreWriteError` before
+            the computed embedding is returned unstored (to report the failure once)
+        on_damage : ``"warn"`` (default: a ``StoreDamageWarning``), ``"ignore"`` or
+            ``callback(message)``, for the first damaged slice of this store
+
+        Returns
+        -------
+        Embedding
+            Features float32 on the predictor's ``device`` (else ``self.device``);
+            freshly computed ones are rounded through the storage dtype, so they
+            equal what a later read returns.
+
+        Raises
+        ------
+        StoreMismatchError
+            Another model, or the slice differs from the one stored (``verify``).
+        """
+        if not callable(on_write_error) and on_write_error not in ("raise", "ignore"):
+            raise ValueError(
+                "on_write_error must be 'raise', 'ignore' or a callable taking the "
+                f"StoreWriteError, got {on_write_error!r}"
+            )
+        check_on_damage(on_damage)
+        idx = self.normalize_index(index)
+        image = read_slice(image, ())
+        if image.shape != self.metadata.slice_shape:
+            raise ValueError(
+                f"slice {idx} has shape {image.shape}, but the store's slices are "
+                f"{self.metadata.slice_shape}"
+            )
+        if verify:
+            self.check_predictor(predictor)
+        flag = self._flag(idx)
+        device = getattr(predictor, "device", None)
+        digest = slice_digest(image) if (verify or flag == 0) else None
+        if flag != 0:
+            if verify and flag != NO_DIGEST and flag != done_value(digest):
+                raise StoreMismatchError(
+                    self.path,
+                    [f"image: slice {idx} differs from the slice its stored embedding came from"],
+                )
+            try:
+                return self.get(idx, device=device)
+            except DamagedSliceError as err:
+                self.report_damaged(err, on_damage)
+                if digest is None:
+                    digest = slice_digest(image)
+        emb = self.compute_embedding(image, predictor)
+        self.check_embedding(emb)
+        data = self.chunk_of(emb)
+        try:
+            self.write(idx, data, image_digest=digest)
+        except StoreWriteError as err:
+            if callable(on_write_error):
+                on_write_error(err)
+            elif on_write_error == "raise":
+                raise
+        if self.grid is not None:  # rounded through the storage dtype, as a read returns
+            return self._embedding(data.astype(self.metadata.dtype), idx, device)
+        return self._rounded(emb, idx)
+
+    def compute_embedding(self, image: Any, predictor: Any) -> Any:
+        """Embed one slice as this store holds it, without storing it.
+
+        Whole-slice stores get an untiled embedding (``tiling="off"``); tiled
+        stores the predictor's :class:`~napari_sam.tiling.TiledEmbedding` with
+        every tile and the overview computed (tiles batched). The store's
+        contrast limits are used.
+
+        Raises
+        ------
+        StoreMismatchError
+            The predictor tiles the slice differently from the store.
+        """
+        m = self.metadata
+        if m.tiling is None:
+            return embed_untiled(predictor, image, m.contrast_limits)
+        emb = predictor.embed(image, contrast_limits=m.contrast_limits)
+        found = tiling_of_grid(emb.grid) if isinstance(emb, TiledEmbedding) else None
+        if found != m.tiling:
+            raise StoreMismatchError(
+                self.path,
+                [f"tiling: store {describe_tiling(m.tiling)}, this predictor "
+                 f"{describe_tiling(found)}"],
+                hint="Embed with the predictor settings (tiling, tile_overlap) the store was "
+                "computed with, or recompute the store (overwrite=True).",
+            )
+        return emb.compute()
+
+    def _rounded(self, emb: Any, idx: tuple[int, ...]) -> Any:
+        """``emb`` with its features rounded through the storage dtype (as a read returns)."""
+        import dataclasses
+
+        features = getattr(emb, "features", None)
+        if not dataclasses.is_dataclass(emb) or not hasattr(features, "to"):
+            return emb
+        if self.metadata.dtype == "float16":
+            import torch
+
+            features = features.to(torch.float16).to(torch.float32)
+        meta = {**getattr(emb, "metadata", {}), "store": str(self.path), "index": idx}
+        return dataclasses.replace(emb, features=features, metadata=meta)
+
+    def bound(self, stack: Any, predictor: Any, *, verify: bool = True) -> BoundEmbeddings:
+        """Embeddings of any slice of ``stack``: stored ones read, missing ones computed and stored.
+
+        Pass the result as the ``embeddings`` argument of propagation or
+        "everything" functions: it supports ``emb[index]``, ``emb(index)`` and
+        ``index in emb``. Damaged slices are recomputed (see :meth:`get_or_compute`).
+        """
+        from napari_sam.signature import image_signature
+
+        if tuple(stack.shape) != self.metadata.stack_shape:
+            raise StoreMismatchError(
+                self.path,
+                [f"image shape: store {self.metadata.stack_shape}, image {tuple(stack.shape)}"],
+            )
+        if verify:
+            sig = image_signature(stack, self.metadata.slice_ndim)
+            diffs = self.metadata.image_signature.differences(sig)
+            if diffs:
+                raise StoreMismatchError(self.path, [f"image: {d}" for d in diffs])
+            self.check_predictor(predictor)
+        return BoundEmbeddings(self, stack, predictor, verify)
+
+
+class BoundEmbeddings:
+    """An :class:`EmbeddingStore` tied to its stack and predictor (:meth:`EmbeddingStore.bound`).
+
+    ``emb[index]`` and ``emb(index)`` return the slice's embedding, computing and
+    storing it first when it is missing or damaged; ``index in emb`` says whether
+    it is stored.
+    """
+
+    def __init__(self, store: Any, stack: Any, predictor: Any, verify: bool) -> None:
+        self.store = store
+        self.stack = stack
+        self.predictor = predictor
+        self.verify = verify
+
+    def __getitem__(self, index: Any) -> Any:
+        idx = self.store.normalize_index(index)
+        if not self.verify and self.store.has(idx):
+            try:
+                return self.store.get(idx)
+            except DamagedSliceError as err:
+                self.store.report_damaged(err)
+        return self.store.get_or_compute(
+            idx, read_slice(self.stack, idx), self.predictor, verify=self.verify
+        )
+
+    def __call__(self, index: Any) -> Any:
+        return self[index]
+
+    def __contains__(self, index: Any) -> bool:
+        return index in self.store
+
+    def __repr__(self) -> str:
+        return f"BoundEmbeddings({self.store!r})"
+
+
+__all__ = ["BoundEmbeddings", "StoreComputing"]
