@@ -30,9 +30,12 @@ _LAZY: dict[str, str] = {
     "Annotator": "napari_sam.annotator",
     "EmbeddingStore": "napari_sam.store",
     "embed_stack": "napari_sam.store",
+    "adapt": "napari_sam.adaptation",
+    "AdaptationResult": "napari_sam.adaptation",
 }
 
 __all__ = [
+    "AdaptationResult",
     "Annotator",
     "Embedding",
     "EmbeddingStore",
@@ -40,6 +43,7 @@ __all__ = [
     "Predictor",
     "PredictorProtocol",
     "__version__",
+    "adapt",
     "available_models",
     "embed_stack",
     "load_model",
@@ -50,6 +54,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from napari_sam.adaptation import AdaptationResult, adapt
     from napari_sam.annotator import Annotator
     from napari_sam.everything import segment_everything, segment_everything_stack
     from napari_sam.model.checkpoint import load_model

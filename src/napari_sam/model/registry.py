@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -124,16 +127,55 @@ def get_model_info(name: str) -> ModelInfo:
         ) from None
 
 
+#: Marks the name of an adapted model made in memory: ``"micro+adapted-1a2b3c4d"``.
+ADAPTED_TAG = "+adapted-"
+
+
+def adapted_record_path(path: str | os.PathLike) -> Path:
+    """The JSON record saved next to an adapted model's weights (``model.pt`` -> ``model.json``)."""
+    return Path(path).with_suffix(".json")
+
+
+def base_model_name(model_name: str | None) -> str | None:
+    """The model an adapted model was made from; other names are returned unchanged.
+
+    ``"micro+adapted-1a2b3c4d"`` (an adapted model in memory) -> ``"micro"``; the
+    path of a saved adapted model -> the ``root_model`` of its JSON record
+    (:func:`adapted_record_path`); anything else -> ``model_name``.
+    """
+    if not isinstance(model_name, str) or model_name in REGISTRY:
+        return model_name
+    if ADAPTED_TAG in model_name:
+        return base_model_name(model_name.split(ADAPTED_TAG, 1)[0])
+    record = adapted_record_path(model_name)
+    if model_name.endswith((".pt", ".pth")) and record.is_file():
+        try:
+            root = json.loads(record.read_text()).get("root_model")
+        except (OSError, ValueError, AttributeError):
+            return model_name
+        if isinstance(root, str) and root != model_name:
+            return root
+    return model_name
+
+
 def _recommended(model_name: str | None, field_name: str) -> dict[str, Any]:
+    # an adapted model keeps the options measured for the model it was made from
+    model_name = base_model_name(model_name)
     info = REGISTRY.get(model_name) if isinstance(model_name, str) else None
     return dict(getattr(info, field_name)) if info is not None else {}
 
 
 def recommended_propagation(model_name: str | None) -> dict[str, Any]:
-    """Propagation options recommended for a registry model (empty for others and paths)."""
+    """Propagation options recommended for a registry model (empty for others and paths).
+
+    An adapted model gets its base model's (see :func:`base_model_name`).
+    """
     return _recommended(model_name, "propagation")
 
 
 def recommended_everything(model_name: str | None) -> dict[str, Any]:
-    """Everything-mode options recommended for a registry model (empty for others and paths)."""
+    """Everything-mode options recommended for a registry model (empty for others and paths).
+
+    An adapted model gets its base model's (see :func:`base_model_name`).
+    """
     return _recommended(model_name, "everything")
