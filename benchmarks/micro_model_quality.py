@@ -186,6 +186,10 @@ def propagation_dice(
                 embeddings[z] = predictor.embed(stack[z], contrast_limits=limits)
             _, pts, _ = object_prompts(obj[z].astype(np.uint32), 1)
             pred = predictor.predict(embeddings[z], points=pts[:1], labels=[1])
+            if not pred.best_mask.any():  # the click found nothing: the object scores 0
+                dices.append(0.0)
+                dices_2d.append(0.0)
+                continue
             seeds_by_object[k] = {z: pred.best_mask}
             inter2 = np.logical_and(pred.best_mask, obj[z]).sum()
             dices_2d.append(2 * inter2 / max(1, pred.best_mask.sum() + obj[z].sum()))

@@ -428,6 +428,12 @@ _STRESS: list[Condition] = [
         bits=12,
         window="minmax",
     ),
+    Condition(
+        "saturated_auto",
+        "as saturated_minmax, normalized with the Predictor's default (robust percentiles)",
+        _saturated,
+        bits=12,
+    ),
     Condition("low_photons", "25 photons at the 99.9th percentile", _low_photons),
     Condition("blur_2", "extra Gaussian blur, sigma 2 px", _with(blur, 2.0)),
     Condition("uneven_background", "smooth background + ramp of 60 % of the signal", _uneven),
