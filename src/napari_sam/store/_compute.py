@@ -7,9 +7,13 @@ kept apart so that each module stays readable.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from napari_sam.signature import read_slice, slice_digest
 from napari_sam.store._integrity import (
@@ -19,8 +23,9 @@ from napari_sam.store._integrity import (
     damage_message,
     report_damage,
 )
-from napari_sam.store._layout import NO_DIGEST, done_value
+from napari_sam.store._layout import NO_DIGEST, done_value, read_metadata
 from napari_sam.store._metadata import (
+    StoreMetadata,
     StoreMismatchError,
     StoreWriteError,
     describe_tiling,
@@ -28,6 +33,9 @@ from napari_sam.store._metadata import (
     tiling_of_grid,
 )
 from napari_sam.tiling import TiledEmbedding, embed_untiled
+
+if TYPE_CHECKING:
+    from napari_sam.store._zarr import EmbeddingStore
 
 
 def _weakrefable(obj: Any) -> bool:
@@ -39,7 +47,99 @@ def _weakrefable(obj: Any) -> bool:
 
 
 class StoreComputing:
-    """``check_predictor``, ``get_or_compute``, ``compute_embedding``, ``bound``."""
+    """``for_stack``, ``check_predictor``, ``get_or_compute``, ``compute_embedding``, ``bound``."""
+
+    # ------------------------------------------------------------ opening
+    @classmethod
+    def for_stack(
+        cls,
+        path: str | os.PathLike,
+        stack: Any,
+        predictor: Any,
+        *,
+        contrast_limits: tuple[float, float] | None = None,
+        slice_axes: int = 2,
+        dtype: str = "float16",
+        overwrite: bool = False,
+        mode: str = "r+",
+    ) -> EmbeddingStore:
+        """The store for ``stack`` embedded by ``predictor``: opened if it matches, else created.
+
+        Parameters
+        ----------
+        path : store directory
+        stack : ``(*lead, Y, X)`` (or ``(*lead, Y, X, C)``) numpy, dask or zarr array;
+            only a few strided slices are read (for the image signature and, when
+            no limits are given for a new store, the intensity range)
+        predictor : a :class:`~napari_sam.predictor.Predictor` or any object with
+            ``embed`` and a ``model`` or ``fingerprint`` attribute
+        contrast_limits : ``(low, high)`` for every slice. Default: the existing
+            store's limits, else ``(0, 255)`` for uint8 and a robust stack-wide range
+            (:func:`napari_sam.normalize.stack_intensity_range`) otherwise
+        slice_axes : 2 for ``(Y, X)`` slices, 3 for ``(Y, X, C)`` colour slices
+        dtype : storage dtype of a new store
+        overwrite : recompute: replace an existing store at ``path``
+        mode : ``"r+"`` or ``"r"`` (an existing store only)
+
+        Raises
+        ------
+        StoreMismatchError
+            An existing store was computed from another model, image or contrast limits.
+        StoreWriteError
+            A new store cannot be written there (fall back to memory).
+        """
+        from napari_sam.store._embed import describe_stack
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            expect, _ = describe_stack(
+                stack,
+                predictor,
+                contrast_limits=contrast_limits,
+                slice_axes=slice_axes,
+                probe=False,
+                existing=read_metadata(path),
+            )
+            store = cls.open(path, expect, mode=mode)
+        else:
+            if mode == "r":
+                raise FileNotFoundError(f"embedding store not found: {str(path)!r}")
+            fields_, probe = describe_stack(
+                stack,
+                predictor,
+                contrast_limits=contrast_limits,
+                slice_axes=slice_axes,
+                probe=True,
+            )
+            store = cls.create_from(
+                path, StoreMetadata(**fields_, dtype=dtype), overwrite=overwrite
+            )
+            if probe is not None:
+                index, features, digest = probe
+                store.write(index, features, image_digest=digest)
+        if _weakrefable(predictor):
+            store._checked_predictors.add(predictor)
+        return store
+
+
+    def check_embedding(self, embedding: Any) -> None:
+        """Raise :class:`StoreMismatchError` if an Embedding's geometry or limits differ."""
+        m = self.metadata
+        problems = []
+        for name, label in (("original_size", "slice size"), ("input_size", "model input size")):
+            value = getattr(embedding, name, None)
+            if value is not None and tuple(value) != tuple(getattr(m, name)):
+                problems.append(f"{label}: store {getattr(m, name)}, embedding {tuple(value)}")
+        limits = getattr(embedding, "contrast_limits", None)
+        if (
+            limits is not None
+            and m.contrast_limits is not None
+            and not np.allclose(limits, m.contrast_limits, rtol=1e-9, atol=0)
+        ):
+            problems.append(f"contrast limits: store {m.contrast_limits}, embedding {limits}")
+        if problems:
+            raise StoreMismatchError(self.path, problems, hint="Embed with the store's settings.")
+
 
     # ------------------------------------------------------------ damage
     def report_damaged(self, err: DamagedSliceError, on_damage: OnDamage = "warn") -> None:
