@@ -471,6 +471,34 @@ def test_everything_on_the_whole_stack_commits_3d_objects(viewer, disk_predictor
     assert ann.commit_everything() == []
 
 
+def test_whole_stack_commit_returns_only_ids_it_wrote(viewer, disk_predictor):
+    """issue 16: objects that existing labels cover entirely got (and emitted) unused ids."""
+    image = viewer.add_image(noise_stack((4, 40, 40)))
+    labels = viewer.add_labels(np.zeros((4, 40, 40), np.uint32))
+    ann = Annotator(viewer, image, predictor=disk_predictor, labels_layer=labels)
+    result = ann.segment_everything(slice=(1,), stack=True, points_per_side=4,
+                                    pred_iou_thresh=0.5, stability_score_thresh=0.0,
+                                    min_z_extent=1)
+    objects = sorted(set(np.unique(result)) - {0})
+    assert len(objects) >= 2
+    hidden = objects[0]
+    labels.data[result == hidden] = 9  # an existing label covers this object entirely
+    emitted = []
+    ann.events.committed.connect(lambda e: emitted.append(list(e.label_ids)))
+    ids = ann.commit_everything()
+    assert len(ids) == len(objects) - 1 and emitted == [ids]
+    present = set(np.unique(labels.data).tolist())
+    assert set(ids) <= present and present - set(ids) == {0, 9}
+    assert ids == list(range(10, 10 + len(ids)))  # no id skipped for the hidden object
+    assert (labels.data[result == hidden] == 9).all()
+    # everything under existing labels: nothing committed, a warning, no ids
+    labels.undo()
+    labels.data[result > 0] = 9
+    ann.segment_everything(slice=(1,), stack=True, points_per_side=4, pred_iou_thresh=0.5,
+                           stability_score_thresh=0.0, min_z_extent=1)
+    assert ann.commit_everything() == [] and not ann.everything_layer.data.any()
+
+
 def test_everything_on_the_whole_stack_needs_a_stack(viewer, disk_predictor):
     image = viewer.add_image(noise_stack((1, 40, 40))[0])
     ann = Annotator(viewer, image, predictor=disk_predictor)

@@ -294,15 +294,27 @@ class StackActionsMixin:
         """Commit the 3D objects of a whole-stack everything result (one undo step).
 
         Each object gets a new id; only background pixels are written (existing
-        labels are always kept).
+        labels are always kept). Objects that existing labels cover entirely
+        get no id and are not returned.
         """
         from types import SimpleNamespace
 
         layer = self._everything_layer
         block = np.asarray(layer.data[lead])  # (Z, Y, X)
-        objects = [int(i) for i in np.unique(block) if i != 0]
-        if not objects:
+        found = [int(i) for i in np.unique(block) if i != 0]
+        if not found:
             self._notify("warning", "the everything layer has no objects in this stack")
+            return []
+        free = np.asarray(self.labels_layer.data[lead]) == 0  # background, (Z, Y, X)
+        objects = [int(i) for i in np.unique(block[free]) if i != 0]
+        covered = len(found) - len(objects)
+        if not objects:
+            layer.data[lead] = 0
+            layer.refresh()
+            self._everything_slice = None
+            self._everything_stack = False
+            self._notify("warning", f"all {covered} object(s) of everything lie under existing "
+                         "labels: nothing was committed")
             return []
         ids = resolve_label_ids(None, len(objects), self.labels_layer.data)
         new_id = dict(zip(objects, ids))
@@ -318,6 +330,8 @@ class StackActionsMixin:
         self._everything_slice = None
         self._everything_stack = False
         written = [i for i in ids if writer.written.get(i)]
-        self._status(f"committed {len(written)} 3D object(s) from everything (one undo step)")
+        left_out = f"; {covered} under existing labels left out" if covered else ""
+        self._status(f"committed {len(written)} 3D object(s) from everything (one undo step)"
+                     f"{left_out}")
         self.events.committed(slice_index=(*lead, 0), label_ids=written)
         return written
