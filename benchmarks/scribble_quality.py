@@ -24,7 +24,8 @@ Scribbles go through :func:`napari_sam.scribbles.scribble_prompt` and
 :meth:`~napari_sam.scribbles.ScribblePrompt.segment` (the stroke's middle,
 then correction points from the stroke, at most ``--max-points``); every mask
 keeps only the parts under its prompts
-(:func:`napari_sam.masks.keep_prompted_parts`), as the annotator commits it. Prints mean IoU with the true nucleus per prompt.
+(:func:`napari_sam.masks.keep_prompted_parts`), as the annotator commits it.
+Prints mean IoU with the true nucleus per prompt.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/scribble_quality.py [--seeds 9931 9932 9933 9934]``
 """
