@@ -106,12 +106,17 @@ def cell_image_runs(predictor) -> dict:
     return out
 
 
-def stress_sweep(predictor, sets=None, conditions=None, n_seeds: int = 2, log=print) -> dict:
+def stress_sweep(
+    predictor, sets=None, conditions=None, n_seeds: int = 2, log=print, default_window="auto"
+) -> dict:
     """Point/box IoU of every set under every stress condition (first ``n_seeds`` seeds).
 
     Returns ``{"by_set": {set: {condition: {...}}}, "summary": {set: {...}}}``;
     a set's summary holds the mean over conditions and its worst condition for
-    the point and for the box prompt.
+    the point and for the box prompt. ``default_window``: how scenes whose
+    condition sets no window are normalized (``"auto"``: the Predictor's robust
+    default; ``"napari"``: napari's default contrast limits, what the annotator
+    gets when it normalizes with the layer's display range).
     """
     from napari_sam.synthetic.appearance import STRESS_CONDITIONS
     from napari_sam.training.validation import VALIDATION_SETS, evaluate_set
@@ -122,7 +127,7 @@ def stress_sweep(predictor, sets=None, conditions=None, n_seeds: int = 2, log=pr
         vset = VALIDATION_SETS[name]
         rows = {}
         for cond in conditions or list(STRESS_CONDITIONS):
-            r = evaluate_set(predictor, vset, vset.seeds[:n_seeds], cond)
+            r = evaluate_set(predictor, vset, vset.seeds[:n_seeds], cond, default_window)
             rows[cond] = {k: r[k] for k in ("point", "box", "box_single", "n_objects")}
         by_set[name] = rows
         valid = {c: r for c, r in rows.items() if r["n_objects"] > 0}
@@ -141,7 +146,8 @@ def stress_sweep(predictor, sets=None, conditions=None, n_seeds: int = 2, log=pr
             f"box {sm['worst_box'][1]:.3f} ({worst_b})"
         )
         log("    " + ", ".join(f"{c} {r['point']:.2f}/{r['box']:.2f}" for c, r in rows.items()))
-    return {"by_set": by_set, "summary": summary, "n_seeds": n_seeds}
+    return {"by_set": by_set, "summary": summary, "n_seeds": n_seeds,
+            "default_window": default_window}
 
 
 #: Small anisotropic stacks: 16 slices of 64 x 64 px, nuclei of radius 4-6 px.
@@ -220,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stress", action="store_true", help="also run the stress sweep")
     p.add_argument("--stress-only", action="store_true", help="only the stress sweep")
     p.add_argument("--stress-seeds", type=int, default=2, help="scenes per set in the sweep")
+    p.add_argument("--stress-window", default="auto", choices=("auto", "napari"),
+                   help="normalization of conditions without their own window")
+    p.add_argument("--stress-sets", nargs="*", default=None, help="sets of the sweep")
     args = p.parse_args(argv)
 
     import torch
@@ -233,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch threads: {results['torch_threads']}")
     if args.stress or args.stress_only:
         t0 = time.perf_counter()
-        results["stress"] = stress_sweep(predictor, args.sets, n_seeds=args.stress_seeds)
+        results["stress"] = stress_sweep(
+            predictor, args.stress_sets or args.sets, n_seeds=args.stress_seeds,
+            default_window=args.stress_window,
+        )
         print(f"stress sweep took {time.perf_counter() - t0:.0f} s")
         if args.stress_only:
             if args.json:

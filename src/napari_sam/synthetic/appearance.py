@@ -308,8 +308,9 @@ def small_bright_cells(
 def window(image: np.ndarray, kind: str, rng: np.random.Generator | None = None) -> Window:
     """Contrast limits a user could set, by ``kind``.
 
-    ``"auto"``: None (the Predictor's default); ``"minmax"``: the data's range
-    (napari's default for non-uint8 data); ``"dtype"``: 0 to the dtype's maximum;
+    ``"auto"``: None (the Predictor's default); ``"minmax"``: the data's range;
+    ``"napari"``: napari's default contrast limits (0-255 for uint8, else min-max);
+    ``"dtype"``: 0 to the dtype's maximum;
     ``"narrow"``: top at 30 % of the range; ``"wide"``: the range grown by 50 %
     below and 100 % above; ``"offset"``: bottom at 40 % of the range;
     ``"random"``: any of the above with random proportions.
@@ -320,6 +321,8 @@ def window(image: np.ndarray, kind: str, rng: np.random.Generator | None = None)
         return None
     if kind == "minmax":
         return (lo, hi)
+    if kind == "napari":
+        return (0.0, 255.0) if image.dtype == np.uint8 else (lo, hi)
     if kind == "dtype":
         return (0.0, dtype_max(image.dtype) if image.dtype.kind in "ui" else max(hi, 1.0))
     if kind == "narrow":
@@ -345,7 +348,8 @@ def window(image: np.ndarray, kind: str, rng: np.random.Generator | None = None)
             high = low + 0.1 * span
         return (low, high)
     raise ValueError(
-        f"unknown window kind {kind!r}; choose auto, minmax, dtype, narrow, wide, offset, random"
+        f"unknown window kind {kind!r}; choose auto, minmax, napari, dtype, narrow, wide, "
+        "offset, random"
     )
 
 
@@ -449,9 +453,13 @@ STRESS_CONDITIONS: dict[str, Condition] = {c.name: c for c in _STRESS}
 
 
 def apply_condition(
-    image: np.ndarray, labels: np.ndarray, name: str, seed: int = 0
+    image: np.ndarray, labels: np.ndarray, name: str, seed: int = 0, default_window: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray, Window]:
     """Apply stress condition ``name`` to a scene.
+
+    ``default_window`` is the :func:`window` kind used by conditions that set
+    none: ``"auto"`` (the Predictor's robust default) or ``"napari"`` (napari's
+    default contrast limits, as the annotator gets them from the image layer).
 
     Returns
     -------
@@ -467,8 +475,9 @@ def apply_condition(
         ) from None
     rng = np.random.default_rng(seed)
     dtype = np.asarray(image).dtype
+    kind = default_window if cond.window == "auto" else cond.window
     if cond.change is None:
-        return image, labels, window(image, cond.window, rng)
+        return image, labels, window(image, kind, rng)
     img, lab = cond.change(np.asarray(image, dtype=np.float64), labels, rng)
     bits = cond.bits
     if bits is None:
@@ -480,7 +489,7 @@ def apply_condition(
         if cond.name.startswith("saturated"):
             top = float(np.percentile(img[lab > 0], 75)) if (lab > 0).any() else top
         out = quantize(img - min(0.0, float(img.min())), bits, top)
-    return out, lab, window(out, cond.window, rng)
+    return out, lab, window(out, kind, rng)
 
 
 # ----------------------------------------------------------------------------- training

@@ -235,20 +235,25 @@ def evaluate_set(
     vset: ValidationSet,
     seeds: Sequence[int] | None = None,
     condition: str | None = None,
+    default_window: str = "auto",
 ) -> dict[str, Any]:
     """Mean IoUs over a validation set: ``{"point", "box", "box_single", "n_objects"}``.
 
     ``condition`` names a stress condition of
     :data:`napari_sam.synthetic.appearance.STRESS_CONDITIONS` applied to every
-    scene (with the scene's seed), including its contrast limits.
+    scene (with the scene's seed), including its contrast limits;
+    ``default_window`` normalizes the scenes whose condition sets no window
+    (``"auto"``: the Predictor's default; ``"napari"``: napari's default limits).
     """
     from napari_sam.synthetic.appearance import apply_condition
 
     acc: dict[str, list[float]] = {"point": [], "box": [], "box_single": []}
     for seed, (image, labels) in zip(vset.seeds if seeds is None else seeds, vset.scenes(seeds)):
         limits = None
-        if condition is not None:
-            image, labels, limits = apply_condition(image, labels, condition, int(seed))
+        if condition is not None or default_window != "auto":
+            image, labels, limits = apply_condition(
+                image, labels, condition or "clean", int(seed), default_window
+            )
         res = evaluate_image(predictor, image, labels, vset.min_area, limits)
         for k in acc:
             acc[k].extend(res[k])
