@@ -50,17 +50,35 @@ class Workspace:
 
     def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
         self.dtype, self.device = dtype, device
-        self._buffers: dict[str, torch.Tensor] = {}
+        self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self._prepared: dict[str, torch.Tensor] = {}
 
-    def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    def get(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """A contiguous ``shape`` buffer called ``name`` (of ``dtype``, default the workspace's)."""
+        dtype = self.dtype if dtype is None else dtype
         n = 1
         for d in shape:
             n *= int(d)
-        buf = self._buffers.get(name)
+        buf = self._buffers.get((name, dtype))
         if buf is None or buf.numel() < n:
-            buf = torch.empty(n, dtype=self.dtype, device=self.device)
-            self._buffers[name] = buf
+            buf = torch.empty(n, dtype=dtype, device=self.device)
+            self._buffers[(name, dtype)] = buf
         return buf[:n].view(shape)
+
+    def prepared(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, init) -> torch.Tensor:
+        """A ``shape`` buffer whose constant parts ``init(buffer)`` wrote when it was made.
+
+        The buffer is zeroed and ``init`` called once per name and shape; callers
+        overwrite only the parts that change between blocks.
+        """
+        buf = self._prepared.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = torch.zeros(shape, dtype=dtype, device=self.device)
+            init(buf)
+            self._prepared[name] = buf
+        return buf
 
     def layer_norm(self, name: str, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
         """``norm(x)`` for ``(n, C)`` ``x``, written into the buffer ``name``."""
@@ -162,6 +180,82 @@ def decomposed_attention(
     return out
 
 
+def augmented_head_dim(c: int, h: int, w: int) -> int:
+    """Width of the augmented queries and keys of :func:`augmented_attention`.
+
+    ``c + h + w`` (head dim, one column per key row and per key column) rounded
+    up to a multiple of 32, the width at which PyTorch's fused attention kernel
+    runs at full speed; the extra columns are zero.
+    """
+    return -(-(c + h + w) // 32) * 32
+
+
+def init_augmented_keys(buffer: torch.Tensor, c: int, h: int, w: int) -> None:
+    """Write the constant parts of an :func:`augmented_attention` buffer.
+
+    ``buffer`` is ``(3, B, heads, h * w, D)`` and zero; key ``j = (j_h, j_w)``
+    gets a one in column ``c + j_h`` and in column ``c + h + j_w``.
+    """
+    keys = buffer[1].view(*buffer.shape[1:3], h, w, buffer.shape[-1])
+    for j in range(h):
+        keys[:, :, j, :, c + j] = 1
+    for j in range(w):
+        keys[:, :, :, j, c + h + j] = 1
+
+
+def augmented_attention(
+    buffer: torch.Tensor,
+    c: int,
+    hw: tuple[int, int],
+    table_h: torch.Tensor | None,
+    table_w: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """Attention with the decomposed relative-position bias as one fused attention call.
+
+    The bias ``B[i, j] = q_i . Rh[i_h, j_h] + q_i . Rw[i_w, j_w]`` is a product of
+    augmented vectors: queries ``[scale * q_i, q_i . Rh[i_h, :], q_i . Rw[i_w, :]]``
+    and keys ``[k_j, onehot(j_h), onehot(j_w)]``, so
+    ``softmax(scale * q @ k.T + B) @ v`` is plain attention of the augmented
+    queries and keys (values padded with zero columns), which
+    :func:`torch.nn.functional.scaled_dot_product_attention` computes in one
+    fused kernel (scores accumulated and softmaxed in float32, never stored)
+    instead of one pass over the scores for the bias, one for the softmax and
+    one per product.
+
+    Parameters
+    ----------
+    buffer : ``(3, B, heads, h * w, D)``, ``D >= c + h + w`` (see
+        :func:`augmented_head_dim`), prepared by :func:`init_augmented_keys`,
+        with the queries, keys and values in ``buffer[..., :c]``; the queries'
+        columns are overwritten (scaled, and the bias written beside them)
+    c : head dim
+    hw : the key grid ``(h, w)``
+    table_h, table_w : :func:`relative_position_table` of the rows ``(h, h, c)``
+        and of the columns ``(w, w, c)``, in the buffer's dtype; ``None`` for
+        attention without relative positions (then ``D >= c`` suffices)
+    scale : factor of ``q @ k.T`` (not of the bias)
+
+    Returns
+    -------
+    ``(B, heads, h * w, c)`` attention output (a strided view)
+    """
+    q, k, v = buffer.unbind(0)
+    if table_h is not None:
+        h, w = hw
+        b, heads = q.shape[:2]
+        q_grid = q[..., :c].view(b, heads, h, w, c)
+        q[..., c : c + h].view(b, heads, h, w, h).copy_(
+            torch.einsum("bnhwc,hkc->bnhwk", q_grid, table_h)
+        )
+        q[..., c + h : c + h + w].view(b, heads, h, w, w).copy_(
+            torch.einsum("bnhwc,wkc->bnhwk", q_grid, table_w)
+        )
+    q[..., :c].mul_(scale)
+    out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    return out[..., :c]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over a ``(B, H, W, C)`` token grid."""
 
@@ -214,33 +308,58 @@ class Attention(nn.Module):
         return out.view(b, heads, n, c)
 
 
-def _to_windows(qkv: torch.Tensor, ws: int, heads: int, padding_value) -> torch.Tensor:
+def _to_windows(
+    qkv: torch.Tensor,
+    ws: int,
+    heads: int,
+    padding_value,
+    out: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``qkv`` ``(B, h, w, 3C)`` -> ``(3, B * nh * nw, heads, ws * ws, c)`` in one copy.
 
     Windows that reach past the grid are padded with ``padding_value()`` (``(3C,)``,
-    the ``qkv`` of a zero token; called only when there is padding).
+    the ``qkv`` of a zero token; called only when there is padding). With ``out``
+    (``(3, B * nh * nw, heads, ws * ws, D)``, ``D >= c``) the windows are written
+    into ``out[..., :c]`` and ``out`` is returned. With ``bias`` (``(3C,)``) the
+    copy adds it to every token (``qkv`` is then the product without its bias).
     """
     b, h, w, c3 = qkv.shape
     nh, nw = -(-h // ws), -(-w // ws)
     c = c3 // (3 * heads)
-    win = qkv.new_empty(3, b, nh, nw, heads, ws, ws, c)
+    if out is None:
+        win = qkv.new_empty(3, b, nh, nw, heads, ws, ws, c)
+    else:
+        win = out.view(3, b, nh, nw, heads, ws, ws, out.shape[-1])[..., :c]
     grid = win.permute(1, 2, 5, 3, 6, 0, 4, 7)  # (B, nh, ws, nw, ws, 3, heads, c)
     src = qkv.view(b, h, w, 3, heads, c)
+
+    if bias is None:
+        def put(dst, values):
+            dst.copy_(values)
+    else:
+        token_bias = bias.view(3, heads, c)
+
+        def put(dst, values):
+            torch.add(values, token_bias, out=dst)
+
     hf, wf = h // ws, w // ws  # whole windows
     rh, rw = h - hf * ws, w - wf * ws  # rows / columns of the partial last windows
-    grid[:, :hf, :, :wf] = src[:, : hf * ws, : wf * ws].view(b, hf, ws, wf, ws, 3, heads, c)
+    put(grid[:, :hf, :, :wf], src[:, : hf * ws, : wf * ws].view(b, hf, ws, wf, ws, 3, heads, c))
     if rh:
-        grid[:, hf, :rh, :wf] = src[:, hf * ws :, : wf * ws].view(b, rh, wf, ws, 3, heads, c)
+        put(grid[:, hf, :rh, :wf], src[:, hf * ws :, : wf * ws].view(b, rh, wf, ws, 3, heads, c))
     if rw:
-        grid[:, :hf, :, wf, :rw] = src[:, : hf * ws, wf * ws :].view(b, hf, ws, rw, 3, heads, c)
+        put(grid[:, :hf, :, wf, :rw], src[:, : hf * ws, wf * ws :].view(b, hf, ws, rw, 3, heads, c))
     if rh and rw:
-        grid[:, hf, :rh, wf, :rw] = src[:, hf * ws :, wf * ws :]
+        put(grid[:, hf, :rh, wf, :rw], src[:, hf * ws :, wf * ws :])
     if rh or rw:
         fill = padding_value().view(3, heads, c)
         if rh:
             grid[:, hf, rh:] = fill
         if rw:
             grid[:, :, :, wf, rw:] = fill
+    if out is not None:
+        return out
     return win.view(3, b * nh * nw, heads, ws * ws, c)
 
 
@@ -306,17 +425,23 @@ class Block(nn.Module):
             x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
-    def supports_inference_path(self) -> bool:
-        """True when :meth:`forward_inference` computes :meth:`forward` here and now."""
+    def has_plain_layers(self) -> bool:
+        """True when the block's layers are the plain PyTorch ones the fused paths assume."""
         layers = (self.attn.qkv, self.attn.proj, self.mlp.lin1, self.mlp.lin2)
         if not all(type(m) is nn.Linear and m.bias is not None for m in layers):
             return False  # e.g. quantized layers (precision="int8")
         return (
-            not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled(self.attn.qkv.weight.device.type)
-            and type(self.mlp.act) is nn.GELU
+            type(self.mlp.act) is nn.GELU
             and type(self.norm1) is nn.LayerNorm
             and type(self.norm2) is nn.LayerNorm
+        )
+
+    def supports_inference_path(self) -> bool:
+        """True when :meth:`forward_inference` computes :meth:`forward` here and now."""
+        return (
+            self.has_plain_layers()
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(self.attn.qkv.weight.device.type)
         )
 
     def forward_inference(self, x: torch.Tensor, workspace: Workspace) -> torch.Tensor:
@@ -345,6 +470,78 @@ class Block(nn.Module):
         )
         torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
         flat.addmm_(hidden, mlp.lin2.weight.t()).add_(mlp.lin2.bias)
+        return x
+
+    def forward_low_precision(
+        self, x: torch.Tensor, workspace: Workspace, weights: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """:meth:`forward` with the products and attention in ``weights``' dtype, in place.
+
+        ``x`` ``(B, H, W, C)`` float32 (contiguous, owned) is the residual stream and
+        stays float32; the layer norms' outputs, the linear layers and attention
+        run in the low-precision dtype (bfloat16) with ``weights`` (see
+        :meth:`ImageEncoderViT.low_precision_weights`), attention as one fused
+        kernel call per block (:func:`augmented_attention`). Returns ``x``.
+        """
+        attn, mlp = self.attn, self.mlp
+        dtype = weights["qkv.weight"].dtype
+        b, h, w, c = x.shape
+        heads = attn.num_heads
+        hc = c // heads
+        flat = x.view(-1, c)
+        n = flat.shape[0]
+        normed = workspace.get("norm", (n, c), dtype)
+        normed.copy_(workspace.layer_norm("norm32", flat, self.norm1))
+        # qkv without its bias: the bias is added while copying into the attention buffer
+        qkv_bias = weights["qkv.bias"]
+        qkv = torch.mm(
+            normed, weights["qkv.weight"].t(), out=workspace.get("qkv", (n, 3 * c), dtype)
+        ).view(b, h, w, 3 * c)
+        ah, aw = (self.window_size,) * 2 if self.window_size > 0 else (h, w)
+        rel = attn.use_rel_pos
+        d = augmented_head_dim(hc, ah, aw) if rel else augmented_head_dim(hc, 0, 0)
+        tables = (
+            (relative_position_table(ah, ah, attn.rel_pos_h).to(dtype),
+             relative_position_table(aw, aw, attn.rel_pos_w).to(dtype))
+            if rel else (None, None)
+        )
+
+        def init(buffer):
+            if rel:
+                init_augmented_keys(buffer, hc, ah, aw)
+
+        if self.window_size > 0:
+            ws = self.window_size
+            nh, nw = -(-h // ws), -(-w // ws)
+            buffer = workspace.prepared(
+                "attn.windows", (3, b * nh * nw, heads, ws * ws, d), dtype, init
+            )
+            _to_windows(qkv, ws, heads, lambda: qkv_bias, out=buffer, bias=qkv_bias)
+            out = augmented_attention(buffer, hc, (ws, ws), *tables, attn.scale)
+            out = out.view(b, nh, nw, heads, ws, ws, hc).permute(0, 1, 4, 2, 5, 3, 6)
+            out = out.reshape(b, nh * ws, nw * ws, heads, hc)[:, :h, :w]
+        else:
+            buffer = workspace.prepared("attn.global", (3, b, heads, h * w, d), dtype, init)
+            torch.add(
+                qkv.view(b, h * w, 3, heads, hc).permute(2, 0, 3, 1, 4),
+                qkv_bias.view(3, 1, heads, 1, hc),
+                out=buffer[..., :hc],
+            )
+            out = augmented_attention(buffer, hc, (h, w), *tables, attn.scale)
+            out = out.transpose(1, 2)  # (B, h * w, heads, c)
+        heads_out = workspace.get("heads", (n, c), dtype)
+        heads_out.view(out.shape).copy_(out)
+        projected = workspace.get("proj", (n, c), dtype)
+        torch.addmm(weights["proj.bias"], heads_out, weights["proj.weight"].t(), out=projected)
+        flat.add_(projected)
+        normed.copy_(workspace.layer_norm("norm32", flat, self.norm2))
+        hidden = torch.addmm(
+            weights["lin1.bias"], normed, weights["lin1.weight"].t(),
+            out=workspace.get("hidden", (n, weights["lin1.weight"].shape[0]), dtype),
+        )
+        torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
+        torch.addmm(weights["lin2.bias"], hidden, weights["lin2.weight"].t(), out=projected)
+        flat.add_(projected)
         return x
 
     def _windowed_attention(self, x: torch.Tensor | None, qkv=None) -> torch.Tensor:
@@ -412,7 +609,89 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
+    def low_precision_dtype(self, x: torch.Tensor) -> torch.dtype | None:
+        """The dtype :meth:`forward` runs :meth:`forward_low_precision` in, or None.
+
+        bfloat16 when ``x`` is on the CPU, autograd is off and bfloat16 autocast
+        is on (``Predictor(precision="bfloat16")`` or ``"auto"`` on CPUs with
+        bfloat16 units), and the blocks have plain layers.
+        """
+        if (
+            x.device.type != "cpu"
+            or torch.is_grad_enabled()
+            or not torch.is_autocast_enabled("cpu")
+            or torch.get_autocast_dtype("cpu") != torch.bfloat16
+            or not self.blocks
+            or not all(block.has_plain_layers() for block in self.blocks)
+        ):
+            return None
+        return torch.bfloat16
+
+    def low_precision_weights(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The linear and convolution weights in ``dtype``, converted once and kept.
+
+        The copy is made again when any parameter changed (new storage or an
+        in-place update, e.g. ``load_state_dict``). Keys are parameter names.
+        """
+        key = (dtype, tuple((p.data_ptr(), p._version) for p in self.parameters()))
+        cached = self.__dict__.get("_low_precision_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        weights = {
+            name: p.detach().to(dtype).contiguous()
+            for name, p in self.named_parameters()
+            if name.endswith((".weight", ".bias")) and ".norm" not in name
+            and not name.startswith("neck.1") and not name.startswith("neck.3")
+        }
+        self.__dict__["_low_precision_cache"] = (key, weights)
+        return weights
+
+    def forward_low_precision(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """:meth:`forward` with products, convolutions and attention in ``dtype``.
+
+        The residual stream, layer-norm statistics and the output stay float32;
+        see :meth:`Block.forward_low_precision`. Returns a float32
+        ``(B, out_chans, S/16, S/16)`` embedding.
+        """
+        weights = self.low_precision_weights(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            patches = F.conv2d(
+                x.to(dtype), weights["patch_embed.proj.weight"], weights["patch_embed.proj.bias"],
+                stride=self.patch_embed.proj.stride,
+            )
+            patches = patches.permute(0, 2, 3, 1)  # (B, h, w, C)
+            tokens = torch.empty(patches.shape, dtype=torch.float32, device=x.device)
+            if self.pos_embed is not None:
+                torch.add(patches, self.pos_embed, out=tokens)
+            else:
+                tokens.copy_(patches)
+            workspace = Workspace(torch.float32, x.device)
+            for i, block in enumerate(self.blocks):
+                prefix = f"blocks.{i}."
+                block_weights = {
+                    name[len(prefix) :].removeprefix("attn.").removeprefix("mlp."): t
+                    for name, t in weights.items()
+                    if name.startswith(prefix)
+                }
+                tokens = block.forward_low_precision(tokens, workspace, block_weights)
+            return self._neck_low_precision(tokens, weights, dtype)
+
+    def _neck_low_precision(self, tokens, weights, dtype) -> torch.Tensor:
+        """The neck on ``(B, h, w, C)`` float32 tokens, products in ``dtype``, channels last."""
+        b, h, w, c = tokens.shape
+        _, norm1, conv2, norm2 = self.neck
+        y = tokens.view(-1, c).to(dtype) @ weights["neck.0.weight"].view(-1, c).t()
+        y = F.layer_norm(y.float(), (y.shape[-1],), norm1.weight, norm1.bias, norm1.eps)
+        y = y.to(dtype).view(b, h, w, -1).permute(0, 3, 1, 2)  # channels-last (B, C, h, w)
+        y = F.conv2d(y, weights["neck.2.weight"], padding=conv2.padding)
+        y = y.permute(0, 2, 3, 1).float()
+        y = F.layer_norm(y, (y.shape[-1],), norm2.weight, norm2.bias, norm2.eps)
+        return y.permute(0, 3, 1, 2).contiguous()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.low_precision_dtype(x)
+        if dtype is not None:
+            return self.forward_low_precision(x, dtype)
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
@@ -425,6 +704,58 @@ class ImageEncoderViT(nn.Module):
             for block in self.blocks:
                 x = block(x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+
+def encoder_flops(encoder: ImageEncoderViT, batch: int = 1) -> dict[str, int]:
+    """Floating-point operations of one forward pass, counted from the architecture.
+
+    A multiply-add counts as 2. Counted: the patch embedding, the linear layers
+    (``qkv`` and ``proj`` on the real tokens, as :class:`Block` runs them, and
+    the MLP), attention's two products (``q @ k.T`` and ``p @ v``; windowed
+    blocks over their zero-padded windows), the relative-position products
+    ``q . R`` and the neck's convolutions. Not counted: softmax, norms,
+    activations, additions.
+
+    Parameters
+    ----------
+    encoder : the image encoder
+    batch : images per forward pass
+
+    Returns
+    -------
+    FLOPs per part (``"patch_embed"``, ``"linear"``, ``"attention_global"``,
+    ``"attention_windowed"``, ``"neck"``) and their sum (``"total"``)
+    """
+    proj = encoder.patch_embed.proj
+    patch = proj.kernel_size[0]
+    c_in, c = proj.in_channels, proj.out_channels
+    grid = encoder.img_size // patch
+    n = grid * grid
+    parts = dict.fromkeys(
+        ("patch_embed", "linear", "attention_global", "attention_windowed", "neck"), 0
+    )
+    parts["patch_embed"] = 2 * n * c_in * patch * patch * c
+    for block in encoder.blocks:
+        hidden = block.mlp.lin1.out_features
+        parts["linear"] += 2 * n * c * (3 * c + c + 2 * hidden)
+        ws = block.window_size
+        if ws > 0:
+            units, side = (-(-grid // ws)) ** 2, ws
+        else:
+            units, side = 1, grid
+        tokens = side * side
+        # per unit: q @ k.T and p @ v over all heads (2 * tokens^2 * c each), q . R rows and columns
+        flops = units * (4 * tokens * tokens * c)
+        if block.attn.use_rel_pos:
+            flops += units * 2 * tokens * c * (side + side)
+        parts["attention_windowed" if ws > 0 else "attention_global"] += flops
+    neck_conv1, _, neck_conv2, _ = encoder.neck
+    out = neck_conv1.out_channels
+    kh, kw = neck_conv2.kernel_size
+    parts["neck"] = 2 * n * c * out + 2 * n * out * out * kh * kw
+    parts = {k: v * batch for k, v in parts.items()}
+    parts["total"] = sum(parts.values())
+    return parts
 
 
 def infer_config(state) -> SamConfig | None:
