@@ -11,6 +11,7 @@ import torch
 from napari_sam.model.sam import build_sam
 from napari_sam.normalize import stack_intensity_range, to_rgb_float
 from napari_sam.predictor import Embedding, Prediction, Predictor, PredictorProtocol
+from tolerance import assert_close_rounding, assert_masks_equal_near_threshold, rounding_atol
 
 
 @pytest.fixture(scope="module")
@@ -145,13 +146,18 @@ def test_mask_prompt_from_previous_logits_and_from_slice_mask(predictor, emb):
     assert from_mask.masks.shape == (3, 90, 130)
 
 
+@pytest.mark.numerics
 def test_predict_batch_equals_individual_predictions(predictor, emb):
     boxes = np.array([[5, 5, 40, 50], [30, 60, 85, 125]])
     batch = predictor.predict_batch(emb, boxes=boxes)
     for box, got in zip(boxes, batch):
         single = predictor.predict(emb, box=box)
-        np.testing.assert_allclose(got.logits, single.logits, atol=1e-4)
-        np.testing.assert_array_equal(got.masks, single.masks)
+        # one batched decoder pass vs one per box: the same sums, maybe in another order
+        tokens = emb.features.shape[-1] ** 2  # image tokens: the decoder's longest sum
+        assert_close_rounding(got.logits, single.logits, reduction_length=tokens, k=4)
+        full = predictor.upscale(emb, torch.as_tensor(single.logits)[None])[0]
+        atol = 2 * rounding_atol(single.logits, reduction_length=tokens, k=4)
+        assert_masks_equal_near_threshold(got.masks, full, predictor.model.mask_threshold, atol)
 
 
 def test_row_col_to_xy_conversion_non_square():
