@@ -88,14 +88,14 @@ def test_next_label_id_blockwise_reads_only_chunks():
     data = np.zeros((6, 8, 8), np.uint16)
     data[4, 1, 1] = 17
     spy = SpyArray(data, chunks=(1, 8, 8))
-    import napari_sam.labels as mod
+    import napari_sam.labels._checks as mod
 
-    old = mod._BLOCK_BYTES
-    mod._BLOCK_BYTES = 2 * 8 * 8 * 2  # two planes per block
+    old = mod.BLOCK_BYTES
+    mod.BLOCK_BYTES = 2 * 8 * 8 * 2  # two planes per block
     try:
         assert next_label_id(spy) == 18
     finally:
-        mod._BLOCK_BYTES = old
+        mod.BLOCK_BYTES = old
     assert [k[0] for k in spy.reads] == [slice(0, 2), slice(2, 4), slice(4, 6)]
 
 
@@ -568,3 +568,84 @@ def test_napari_upcast_keeps_undo(Labels):
     layer.undo()
     layer.undo()
     np.testing.assert_array_equal(layer.data, original)
+
+
+# --------------------------------------------------------------------------
+# writers: one interface, napari layer or array
+# --------------------------------------------------------------------------
+
+
+def test_layer_writer_write_is_one_undo_step_and_upcasts(Labels):
+    from napari_sam.labels import LayerWriter, resolve_label_ids
+
+    data = np.zeros((2, 10, 12), np.uint8)
+    data[1, 0, :] = 255
+    original = data.copy()
+    layer = Labels(data)
+    writer = LayerWriter(layer)
+    big, small = _big_and_small()
+    ids = resolve_label_ids(None, 2, layer.data)
+    assert ids == [256, 257]
+    result = writer.write_objects([big, small], (1,), ids)
+    assert result.upcast == (np.dtype(np.uint8), np.dtype(np.uint16))
+    assert result.written == [256, 257] and result.skipped == []
+    assert (layer.data[1][small] == 257).all() and (layer.data[1, 0] == 255).all()
+    assert result.n_pixels == [int((big & ~small).sum()), int(small.sum())]
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, original)
+
+
+def test_layer_writer_group_and_write_slices_are_one_step(Labels):
+    from napari_sam.labels import LayerWriter
+
+    layer = Labels(np.zeros((4, 8, 8), np.uint16))
+    layer.data[0, 0, 0] = 5
+    writer = LayerWriter(layer)
+    eye = np.eye(8, dtype=bool)
+    with writer.group():
+        pixels = writer.write_slices({(z,): {7: eye} for z in (1, 2, 3)})
+        writer.write_objects([np.ones((8, 8), bool)], (0,), [9])  # nested: same step
+    assert pixels == {7: 24} and (layer.data[0] == 9).sum() == 63
+    layer.undo()
+    assert not (layer.data == 7).any() and not (layer.data == 9).any()
+    assert layer.data[0, 0, 0] == 5
+
+
+def test_layer_writer_error_inside_a_group_keeps_what_was_written_as_one_step(Labels):
+    from napari_sam.labels import LayerWriter
+
+    layer = Labels(np.zeros((3, 8, 8), np.uint16))
+    writer = LayerWriter(layer)
+    with pytest.raises(ValueError, match="slice shape"), writer.group():
+        writer.write_slices({(0,): {1: np.eye(8, dtype=bool)}})
+        writer.write_slices({(1,): {2: np.ones((4, 4), bool)}})  # wrong shape: nothing
+    assert (layer.data == 1).sum() == 8 and not (layer.data == 2).any()
+    layer.data_setitem((np.array([2]), np.array([0]), np.array([0])), 3)  # a later edit
+    layer.undo()  # only the later edit: the group was committed on its own
+    assert (layer.data == 1).sum() == 8
+    layer.undo()
+    assert not layer.data.any()
+
+
+@pytest.mark.parametrize("kind", ["numpy", "zarr"])
+def test_array_writer_writes_all_or_nothing(kind):
+    from napari_sam.labels import ArrayWriter
+
+    labels = _existing_3d()
+    if kind == "zarr":
+        zarr = pytest.importorskip("zarr")
+        z = zarr.create_array(store={}, shape=labels.shape, chunks=(1, 10, 12), dtype="uint16")
+        z[...] = labels
+        labels = z
+    before = np.asarray(labels[...]).copy()
+    writer = ArrayWriter(labels)
+    result = writer.write_objects([_square_mask()], (2,), [11])
+    assert result.written == [11] and (np.asarray(writer.data[2])[_square_mask()] != 0).all()
+    assert np.asarray(writer.data[2])[3, 3] == 3  # the user's object kept
+    with pytest.raises(IndexError), writer.group():
+        writer.write_slices({(0,): {12: _square_mask()}})
+        writer.write_slices({(9,): {13: _square_mask()}})  # no slice 9
+    after = np.asarray(writer.data[...])
+    assert not (after == 12).any()  # the failed group was reverted
+    assert ((after == 11) == ((np.arange(4)[:, None, None] == 2) & _square_mask()
+                              & (before == 0))).all()
