@@ -1,5 +1,5 @@
 """Qt-free annotation helpers: geometry, world->data, prompt collection, preview,
-the embedding scheduler and the undoable labels writes."""
+the embedding scheduler and the undoable labels writes (``napari_sam.labels.LayerWriter``)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,7 @@ from napari_sam.annotation.slicing import (
     neighbour_indices,
     world_slice_index,
 )
-from napari_sam.annotation.writing import (
-    HistoryGroup,
-    resolve_label_ids,
-    write_masks,
-    write_slice,
-)
+from napari_sam.labels import LayerWriter, resolve_label_ids
 from napari_sam.predictor import Prediction
 
 
@@ -395,16 +390,15 @@ def test_scheduler_orders_explicit_before_prefetch_and_cancels():
 
 
 # ------------------------------------------------------------------ writing
-def test_history_group_makes_many_writes_one_undo_step():
+def test_writer_group_makes_many_writes_one_undo_step():
     from napari.layers import Labels
 
     layer = Labels(np.zeros((4, 8, 8), np.uint16))
     layer.data[0, 0, 0] = 5
-    group = HistoryGroup(layer).open()
-    for z in (1, 2, 3):
-        write_slice(layer, (z,), {7: np.eye(8, dtype=bool)})
-    assert group.is_open
-    group.close()
+    writer = LayerWriter(layer)
+    with writer.group():
+        for z in (1, 2, 3):
+            writer.write_slices({(z,): {7: np.eye(8, dtype=bool)}})
     assert (layer.data == 7).sum() == 24
     layer.undo()
     assert (layer.data == 7).sum() == 0 and layer.data[0, 0, 0] == 5
@@ -422,7 +416,7 @@ def test_write_masks_upcasts_preserves_and_is_one_step():
     b[5:7, 5:7] = True
     ids = resolve_label_ids(None, 2, layer.data)
     assert ids == [256, 257]
-    result = write_masks(layer, [a, b], (), ids)
+    result = LayerWriter(layer).write_objects([a, b], (), ids)
     assert result.upcast == (np.dtype(np.uint8), np.dtype(np.uint16))
     assert result.written == [256, 257] and result.n_pixels == [6, 4]
     assert (layer.data[0] == 255).all()

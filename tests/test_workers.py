@@ -1,4 +1,4 @@
-"""``napari_sam.annotation.workers.reporting``: a blocking call's progress as a generator."""
+"""``napari_sam.annotation.jobs.reporting``: a blocking call's progress as a generator."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from napari_sam.annotation.workers import reporting
+from napari_sam.annotation.jobs import reporting
 
 
 def _drain(gen):

@@ -1,69 +1,52 @@
 """Interactive SAM annotation of 2D slices of an image layer in a napari viewer.
 
 :class:`Annotator` is the scripted API; the dock widget in :mod:`napari_sam._qt`
-is a thin face on it. The Qt- and napari-free parts live in
-:mod:`napari_sam.annotation` (geometry, prompt collection, preview, embedding
-queue, undoable writes, propagation bookkeeping).
+is a thin face on it that observes :attr:`Annotator.state`. The parts live in
+:mod:`napari_sam.annotation` (``docs/architecture.md`` walks through them);
+labels are written through :class:`napari_sam.labels.LayerWriter`.
 
-Coordinates
------------
-The annotator's Points and Shapes layers get the image layer's ``scale`` and
-``translate``, so their ``data`` is in the image's (continuous) pixel
-coordinates and they sit exactly on the image in world coordinates. Prompts are
-mapped generally (layer data -> world -> image data with the layers' public
-``data_to_world`` / ``world_to_data``), so adopted layers with another
-transform work too. A prompt belongs to the slice given by its leading
+Coordinates: the annotator's Points and Shapes layers get the image layer's
+``scale`` and ``translate``, so their ``data`` is in the image's (continuous)
+pixel coordinates; prompts of adopted layers with other transforms are mapped
+through world coordinates. A prompt belongs to the slice given by its leading
 (non-``(Y, X)``) coordinates, rounded to the nearest pixel.
 
-Threads
--------
-With ``blocking=True`` (the default, for scripts) :meth:`Annotator.segment`,
-:meth:`Annotator.propagate` and :meth:`Annotator.segment_everything` compute in
-the calling thread and return results. The widget and key bindings call them
-with ``blocking=False``: embeddings, model loading, propagation and everything
-mode run in ``napari.qt.threading`` workers with a progress bar and
-:meth:`Annotator.cancel`; layers change only on the main thread, and a result
-is written to the slice it was computed for, or dropped when the annotator was
-closed (e.g. the user switched image).
+Threads: with ``blocking=True`` (the default, for scripts) :meth:`~Annotator.segment`,
+:meth:`~Annotator.propagate` and :meth:`~Annotator.segment_everything` run their
+jobs in the calling thread and return results. The widget and key bindings pass
+``blocking=False``: the same jobs run in ``napari.qt.threading`` workers with
+progress and cancel; layers change only on the main thread, and a result lands
+on the slice it was computed for, or is dropped when the annotator was closed.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_sam.annotation.embedder import SliceEmbedder
-from napari_sam.annotation.layers import (
-    add_points,
-    positive_feature,
-    prompts_in_image_coords,
-    remove_rows,
+from napari_sam.annotation.jobs import JobRunner
+from napari_sam.annotation.layer_set import (
+    NEGATIVE_COLOR,
+    POSITIVE_COLOR,
+    PREVIEW_COLOR,
+    AnnotatorLayers,
 )
+from napari_sam.annotation.napari_worker import launch
 from napari_sam.annotation.preview import Preview
-from napari_sam.annotation.prompts import (
-    ObjectPrompt,
-    SlicePrompts,
-    collect_slice_prompts,
-    decode_objects,
-)
-from napari_sam.annotation.slicing import (
-    ImageGeometry,
-    apply_affine,
-    layer_affine,
-    nearest_index,
-    world_slice_index,
-)
-from napari_sam.annotation.stack_actions import StackActionsMixin
+from napari_sam.annotation.prompt_layers import PromptLayers
+from napari_sam.annotation.prompts import SlicePrompts
+from napari_sam.annotation.segmenting import Segmenter
+from napari_sam.annotation.slicing import world_slice_index
+from napari_sam.annotation.stack import StackActions
+from napari_sam.annotation.state import AnnotatorState, Message
 from napari_sam.annotation.store_link import AUTO, StoreLink
-from napari_sam.annotation.workers import caught, unless_failed
-from napari_sam.annotation.writing import resolve_label_ids, write_masks
 from napari_sam.cache import DEFAULT_CACHE_SIZE, EmbeddingCache
+from napari_sam.labels import LayerWriter
 from napari_sam.model.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,19 +56,13 @@ __all__ = ["NEGATIVE_COLOR", "POSITIVE_COLOR", "PREVIEW_COLOR", "USER_ERRORS", "
 
 logger = logging.getLogger("napari_sam")
 
-#: Colour of positive (foreground) points.
-POSITIVE_COLOR = "lime"
-#: Colour of negative (background) points.
-NEGATIVE_COLOR = "magenta"
-#: Colour of the uncommitted preview (every object).
-PREVIEW_COLOR = "yellow"
 #: Errors of the core that the widget and key bindings show as notifications.
 USER_ERRORS = (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError)
 
 Index = tuple[int, ...]
 
 
-class Annotator(StackActionsMixin):
+class Annotator:
     """SAM annotation of one image layer: prompts -> preview -> labels.
 
     Parameters
@@ -114,36 +91,30 @@ class Annotator(StackActionsMixin):
         instead of creating new ones (e.g. those of an earlier annotator); same
         dimensionality as the image.
     store : ``"auto"`` (default), a path, an :class:`~napari_sam.store.EmbeddingStore`,
-        or None / False. Where slice embeddings are kept on disk, so that
-        annotating the image again needs no recomputation (looked up after the
-        in-memory cache, written as slices are embedded):
-
-        * ``"auto"``: for an image opened from a file (``image_layer.source.path``
-          is set), a store under ``napari_sam.model.checkpoint.cache_dir() /
-          "embeddings"`` (``$NAPARI_SAM_CACHE/embeddings`` when set) named from a
-          hash of the file path, the model name, the contrast limits and the
-          image signature; one that no longer matches is recomputed. Other
-          images: memory only.
-        * a path (e.g. ``"stack.embeddings.zarr"``): opened if it exists (its
-          model and image must match; it keeps its own contrast limits), else
-          created with the layer's contrast limits.
-        * an ``EmbeddingStore``: used after the same checks.
-        * None or False: memory only.
-
-        The store is opened when the first slice is embedded. A store that
-        does not match, cannot be written (read-only place, full disk) or
-        cannot hold this predictor's embeddings (slices embedded as tiles, see
-        ``Predictor.plan_tiles``; RGBA images) gives one notification and the
-        annotator keeps working from memory.
+        or None / False: where slice embeddings are kept on disk, so that
+        annotating the image again needs no recomputation. ``"auto"``: for an
+        image opened from a file (``image_layer.source.path``), a store in
+        ``cache_dir() / "embeddings"`` named from the file, the model, the
+        contrast limits and the image signature (a cache: recomputed when it no
+        longer matches); other images: memory only. A path: opened if it exists
+        (its model and image must match; it keeps its contrast limits), else
+        created. None/False: memory only. Opened when the first slice is
+        embedded; a store that cannot serve gives one notification and the
+        annotator works from memory (see :mod:`napari_sam.annotation.store_link`).
 
     Attributes
     ----------
+    state : the :class:`~napari_sam.annotation.state.AnnotatorState` (preview,
+        running jobs with progress, last commit, everything result, current
+        slice, last message), evented: ``state.events.<field>.connect(...)``.
     points_layer : Points layer of point prompts; the boolean feature
         ``positive`` (default True) says positive/negative, shown by colour.
     shapes_layer : Shapes layer: rectangles are box prompts, polygons and
         ellipses mask prompts.
     preview_layer : Labels layer showing the uncommitted result.
     labels_layer : the output Labels layer.
+    owns_labels : True when the annotator created :attr:`labels_layer`.
+    layers : the :class:`~napari_sam.annotation.layer_set.AnnotatorLayers`.
     preview : the uncommitted :class:`~napari_sam.annotation.preview.Preview` or None.
     last_message : the last notification or status text.
     events : napari ``EmitterGroup`` with ``segmented``, ``committed``,
@@ -170,164 +141,65 @@ class Annotator(StackActionsMixin):
         preview_layer: Any = None,
         store: Any = AUTO,
     ) -> None:
-        from napari.layers import Image
         from napari.utils.events import EmitterGroup
 
-        from napari_sam.normalize import MIN_SIDE
-
         self.viewer = viewer
-        layer = self._find_layer(image_layer, "image_layer")
-        if not isinstance(layer, Image):
-            raise ValueError(
-                f"image_layer must be an Image layer, got {type(layer).__name__} {layer.name!r}"
-            )
-        self.image_layer = layer
-        source = layer.data[0] if layer.multiscale else layer.data
-        self.geometry = ImageGeometry(
-            shape=tuple(int(s) for s in source.shape[: layer.ndim]),
-            rgb=bool(layer.rgb),
-            channels=int(source.shape[-1]) if layer.rgb else 1,
-            scale=tuple(layer.scale),
-            translate=tuple(layer.translate),
-        )
-        if min(self.geometry.slice_shape) < MIN_SIDE:
-            raise ValueError(
-                f"image {layer.name!r} has {self.geometry.slice_shape} (Y, X) slices; "
-                f"SAM needs both sides >= {MIN_SIDE} px"
-            )
+        self.state = AnnotatorState()
         self.events = EmitterGroup(
             source=self, segmented=None, committed=None, propagated=None,
             propagation_step=None, embedded=None, busy=None, message=None,
         )
-        self.cache = cache if cache is not None else EmbeddingCache(cache_size)
-        # messages of worker threads wait here for the main thread (see _flush_messages)
-        self._pending_messages: deque[tuple[str, str]] = deque()
         self._closed = False
-        link = StoreLink(store, source, self.geometry,
-                         source_path=getattr(getattr(layer, "source", None), "path", None),
-                         on_message=self._store_message)
+        self.state.events.message.connect(self._on_message)
+        self.runner = JobRunner(self.state, launch)
+        self.layers = AnnotatorLayers(
+            viewer, image_layer, labels=labels_layer, points=points_layer,
+            shapes=shapes_layer, preview=preview_layer, warn=partial(self._say, "warning"),
+        )
+        self.image_layer, self.geometry = self.layers.image, self.layers.geometry
+        self.labels_layer, self.preview_layer = self.layers.labels, self.layers.preview
+        self.points_layer, self.shapes_layer = self.layers.points, self.layers.shapes
+        self.owns_labels = self.layers.owns_labels
+        self.writer = LayerWriter(self.layers.labels)
+        self.prompt_layers = PromptLayers(self.layers)
+        self.cache = cache if cache is not None else EmbeddingCache(cache_size)
+        link = StoreLink(store, self.layers.source, self.geometry,
+                         source_path=getattr(getattr(self.image_layer, "source", None), "path",
+                                             None),
+                         on_message=self.runner.post)
         # the embedder reads the array, never the layer: workers touch no napari object
         self.embedder = SliceEmbedder(
-            source, self.geometry, layer.unique_id, self.cache, self._start_worker,
-            predictor=predictor, model=model, device=device, precision=precision,
-            on_error=self._on_worker_error, on_embedded=self._on_embedded,
-            store=link if link.enabled else None,
+            self.layers.source, self.geometry, self.image_layer.unique_id, self.cache,
+            self.runner, predictor=predictor, model=model, device=device,
+            precision=precision, store=link if link.enabled else None,
+            on_embedded=self._on_embedded,
         )
         self.embedder.scheduler.on_idle = self._prefetch
+        self.segmenter = Segmenter(self.state, self.runner, self.embedder, self.layers,
+                                   self.prompt_layers, self.writer, self.events)
+        self.stack = StackActions(self.state, self.runner, self.embedder, self.layers,
+                                  self.writer, self.events)
         self.background = background
         self.auto_segment = auto_segment
         self.prefetch = True
-        self.last_message = ""
-        self.preview: Preview | None = None
-        self._shown_slice: Index | None = None
-        self._last_commit: tuple[Index, list[int]] | None = None
-        self._propagation: Any = None
-        self._everything: Any = None
-        self._everything_layer: Any = None
-        self._everything_slice: Index | None = None
-        self._everything_stack = False  # the pending everything result is a whole stack
+        self.state.current_slice = self.current_slice()
+        self.state.events.preview.connect(self.segmenter.show_preview)
+        self.state.events.jobs.connect(self._on_jobs)
+        for emitter, slot in self._connections():
+            emitter.connect(slot)
 
-        self.owns_labels = labels_layer is None
-        self.labels_layer = self._adopt_or_create_labels(labels_layer)
-        self._create_prompt_layers(points_layer, shapes_layer, preview_layer)
-        self._connect()
+    # ================================================================ state
+    @property
+    def preview(self) -> Preview | None:
+        """The uncommitted preview (``state.preview``), or None."""
+        return self.state.preview
 
-    # ================================================================ set-up
-    def _find_layer(self, layer: Any, what: str) -> Any:
-        if isinstance(layer, str):
-            try:
-                return self.viewer.layers[layer]
-            except KeyError:
-                names = [ly.name for ly in self.viewer.layers]
-                raise ValueError(f"no layer named {layer!r}; layers: {names}") from None
-        if layer not in self.viewer.layers:
-            raise ValueError(f"{what} {getattr(layer, 'name', layer)!r} is not in the viewer")
-        return layer
+    @property
+    def last_message(self) -> str:
+        """The last notification or status text."""
+        return self.state.message.text
 
-    def _layer_kwargs(self, name: str) -> dict:
-        return {
-            "name": f"{self.image_layer.name} {name}",
-            "scale": self.geometry.scale,
-            "translate": self.geometry.translate,
-            "units": self.image_layer.units,
-            "axis_labels": self.image_layer.axis_labels,
-        }
-
-    def _adopt(self, layer: Any, kind: type, what: str) -> Any:
-        layer = self._find_layer(layer, what)
-        if not isinstance(layer, kind) or layer.ndim != self.geometry.ndim:
-            raise ValueError(
-                f"{what} must be a {kind.__name__} layer with {self.geometry.ndim} dims, got "
-                f"{type(layer).__name__} {layer.name!r} with {layer.ndim}"
-            )
-        return layer
-
-    def _adopt_or_create_labels(self, labels_layer: Any) -> Any:
-        from napari.layers import Labels
-
-        if labels_layer is None:
-            data = np.zeros(self.geometry.shape, dtype=np.uint32)
-            return self.viewer.add_labels(data, **self._layer_kwargs("labels"))
-        layer = self._adopt(labels_layer, Labels, "labels_layer")
-        data = layer.data[0] if layer.multiscale else layer.data
-        if tuple(data.shape) != self.geometry.shape:
-            raise ValueError(
-                f"labels layer {layer.name!r} has shape {tuple(data.shape)} but image "
-                f"{self.image_layer.name!r} has spatial shape {self.geometry.shape}; "
-                "choose a Labels layer of the same shape (or none to create one)"
-            )
-        if layer.multiscale or type(data).__module__.split(".")[0] == "dask":
-            raise ValueError(
-                f"labels layer {layer.name!r} is read-only (multiscale or dask-backed); "
-                "convert it first, e.g. layer.data = np.asarray(layer.data)"
-            )
-        if not (np.allclose(layer.scale, self.geometry.scale)
-                and np.allclose(layer.translate, self.geometry.translate)):
-            self._notify("warning", f"labels layer {layer.name!r} has another scale/translate "
-                         "than the image; labels are written by pixel index")
-        return layer
-
-    def _create_prompt_layers(self, points: Any, shapes: Any, preview: Any) -> None:
-        from napari.layers import Labels, Points, Shapes
-        from napari.utils.colormaps import DirectLabelColormap
-
-        h, w = self.geometry.slice_shape
-        nd = self.geometry.ndim
-        if preview is not None:
-            self.preview_layer = self._adopt(preview, Labels, "preview_layer")
-        else:
-            self.preview_layer = self.viewer.add_labels(
-                np.zeros(self.geometry.shape, dtype=np.uint8),
-                opacity=0.6,
-                colormap=DirectLabelColormap(color_dict={None: PREVIEW_COLOR, 0: "transparent"}),
-                **self._layer_kwargs("SAM preview"),
-            )
-        if shapes is not None:
-            self.shapes_layer = self._adopt(shapes, Shapes, "shapes_layer")
-        else:
-            self.shapes_layer = self.viewer.add_shapes(
-                ndim=nd, edge_color="yellow", face_color="transparent",
-                edge_width=max(1.0, min(h, w) / 200), **self._layer_kwargs("SAM boxes"),
-            )
-        if points is not None:
-            self.points_layer = self._adopt(points, Points, "points_layer")
-            if "positive" not in self.points_layer.features:
-                self.points_layer.features = {"positive": positive_feature(self.points_layer)}
-                self.points_layer.feature_defaults = {"positive": True}
-        else:
-            self.points_layer = self.viewer.add_points(
-                ndim=nd,
-                features={"positive": np.zeros(0, dtype=bool)},
-                feature_defaults={"positive": True},
-                face_color="positive",
-                face_color_cycle={True: POSITIVE_COLOR, False: NEGATIVE_COLOR},
-                size=max(3.0, min(h, w) / 40),
-                **self._layer_kwargs("SAM points"),
-            )
-        self.points_layer.mode = "add"
-        self.viewer.layers.selection.active = self.points_layer
-
-    def _connections(self) -> list[tuple[Any, Callable]]:
+    def _connections(self) -> list[tuple[Any, Any]]:
         return [
             (self.viewer.dims.events.current_step, self._on_step),
             (self.viewer.layers.events.removed, self._on_layer_removed),
@@ -336,27 +208,24 @@ class Annotator(StackActionsMixin):
             (self.shapes_layer.events.data, self._on_prompts_changed),
         ]
 
-    def _connect(self) -> None:
-        for emitter, slot in self._connections():
-            emitter.connect(slot)
-
     def close(self, remove_layers: bool = False) -> None:
         """Stop workers, disconnect from the viewer; results still in flight are dropped.
 
-        The labels layer is never removed. ``remove_layers=True`` removes the
-        points, shapes and preview layers.
+        The labels layer is never removed (a propagation in flight still writes
+        the slices it has computed, as one undo step). ``remove_layers=True``
+        removes the points, shapes and preview layers.
         """
         if self._closed:
             return
         self.cancel(notify=False)
         self.embedder.close()
+        self.runner.close()
         self._closed = True
         for emitter, slot in self._connections():
             emitter.disconnect(slot)
+        self.layers.disconnect()
         if remove_layers:
-            for layer in (self.points_layer, self.shapes_layer, self.preview_layer):
-                if layer in self.viewer.layers:
-                    self.viewer.layers.remove(layer)
+            self.layers.remove_helpers()
 
     @property
     def closed(self) -> bool:
@@ -364,33 +233,21 @@ class Annotator(StackActionsMixin):
         return self._closed
 
     # ============================================================ messages
-    def _notify(self, level: str, message: str) -> None:
-        from napari.utils.notifications import show_error, show_info, show_warning
+    def _say(self, level: str, text: str) -> None:
+        """A message for the user (any thread; shown on the main thread)."""
+        self.runner.post(level, text)  # type: ignore[arg-type]
 
-        self.last_message = message
-        {"info": logger.info, "warning": logger.warning, "error": logger.error}[level](message)
-        {"info": show_info, "warning": show_warning, "error": show_error}[level](message)
-        self.events.message(level=level, message=message)
-
-    def _store_message(self, level: str, message: str) -> None:
-        """A message of the embedding store: shown now on the main thread, else queued."""
-        if threading.current_thread() is threading.main_thread():
-            if not self._closed:
-                self._notify(level, message)
+    def _on_message(self, message: Message, old: Any = None) -> None:
+        """``state.message`` changed: the status bar, or a notification."""
+        if message.level == "status":
+            self.viewer.status = message.text
         else:
-            self._pending_messages.append((level, message))
+            from napari.utils.notifications import show_error, show_info, show_warning
 
-    def _flush_messages(self) -> None:
-        """Show the messages that worker threads queued (main thread)."""
-        while self._pending_messages:
-            level, message = self._pending_messages.popleft()
-            if not self._closed:
-                self._notify(level, message)
-
-    def _status(self, message: str) -> None:
-        self.last_message = message
-        self.viewer.status = message
-        self.events.message(level="status", message=message)
+            getattr(logger, message.level)(message.text)
+            {"info": show_info, "warning": show_warning, "error": show_error}[message.level](
+                message.text)
+        self.events.message(level=message.level, message=message.text)
 
     # ========================================================= model, slices
     @property
@@ -424,21 +281,20 @@ class Annotator(StackActionsMixin):
     @property
     def contrast_limits(self) -> tuple[float, float]:
         """The image layer's contrast limits, used to normalize every slice."""
-        low, high = self.image_layer.contrast_limits
-        return float(low), float(high)
+        return self.layers.contrast_limits
 
     def current_slice(self) -> Index | None:
         """Index of the slice the viewer shows (one int per leading axis), or None."""
-        w2d = layer_affine(self.image_layer, "world_to_data")
-        return world_slice_index(self.geometry, w2d, self.viewer.dims.point)
+        return world_slice_index(self.geometry, self.layers.world_to_image(),
+                                 self.viewer.dims.point)
 
     def _resolve_slice(self, slice_index: Any) -> Index | None:
         if slice_index is not None:
             return self.geometry.check_slice_index(slice_index)
         idx = self.current_slice()
         if idx is None:
-            self._notify("warning", "the viewer shows a position outside the image; "
-                         "move the slider onto the image")
+            self._say("warning", "the viewer shows a position outside the image; "
+                      "move the slider onto the image")
         return idx
 
     def read_slice(self, slice_index: Sequence[int]) -> np.ndarray:
@@ -448,7 +304,12 @@ class Annotator(StackActionsMixin):
     def embedding(self, slice_index: Sequence[int] | None = None) -> Any:
         """The embedding of a slice (cached; computed here, blocking, if missing)."""
         idx = self._resolve_slice(slice_index)
-        return None if idx is None else self.embedder.embedding(idx, self.contrast_limits)
+        if idx is None:
+            return None
+        cl = self.contrast_limits
+        emb = self.cache.get(self.embedder.key(idx, cl))
+        return emb if emb is not None else self.runner.run(self.embedder.job(idx, cl),
+                                                           blocking=True)
 
     def is_ready(self, slice_index: Sequence[int] | None = None) -> bool:
         """True when the slice's embedding is cached (a prompt then decodes at once)."""
@@ -471,22 +332,14 @@ class Annotator(StackActionsMixin):
         Existing points keep their value (edit ``points_layer.features`` to change them).
         """
         self.positive = value = not self.positive
-        self._notify("info", f"new points are {'positive' if value else 'negative'}")
+        self._say("info", f"new points are {'positive' if value else 'negative'}")
         return value
 
     def add_point(
         self, position: Sequence[float], positive: bool = True, *, world: bool = False
     ) -> None:
         """Add a point prompt at image pixel coordinates (``world=True``: world coordinates)."""
-        pos = np.asarray(position, dtype=np.float64)
-        if pos.shape != (self.geometry.ndim,):
-            raise ValueError(f"position must have {self.geometry.ndim} coordinates "
-                             f"(one per image axis), got shape {pos.shape}")
-        if world:
-            pos = np.asarray(self.points_layer.world_to_data(pos), dtype=np.float64)
-        else:
-            pos = self._image_to_layer(self.points_layer, pos)
-        add_points(self.points_layer, pos[None], [bool(positive)])
+        self.prompt_layers.add_point(position, positive, world)
 
     def add_box(
         self, slice_index: Sequence[int], box: Sequence[float], shape_type: str = "rectangle"
@@ -495,37 +348,14 @@ class Annotator(StackActionsMixin):
 
         ``shape_type="ellipse"`` adds the ellipse inscribed in the box (a mask prompt).
         """
-        idx = self.geometry.check_slice_index(slice_index)
-        r0, c0, r1, c1 = (float(v) for v in box)
-        corners = np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]])
-        verts = np.column_stack([np.tile(np.asarray(idx, float), (4, 1)), corners])
-        self.shapes_layer.add(self._image_to_layer(self.shapes_layer, verts),
-                              shape_type=shape_type)
-
-    def _image_to_layer(self, layer: Any, coords: np.ndarray) -> np.ndarray:
-        matrix = layer_affine(layer, "world_to_data") @ layer_affine(
-            self.image_layer, "data_to_world")
-        return apply_affine(matrix, coords)
-
-    def _to_image(self, layer: Any) -> np.ndarray:
-        return layer_affine(self.image_layer, "world_to_data") @ layer_affine(
-            layer, "data_to_world")
+        self.prompt_layers.add_box(slice_index, box, shape_type)
 
     def prompts(
         self, slice_index: Sequence[int] | None = None, batch: bool = False
     ) -> SlicePrompts:
         """The objects the prompts of a slice (default: the current one) describe."""
         idx = self.current_slice() if slice_index is None else slice_index
-        return self._collect(self.geometry.check_slice_index(idx), batch)
-
-    def _collect(self, idx: Index, batch: bool) -> SlicePrompts:
-        pts, shp = self.points_layer, self.shapes_layer
-        return collect_slice_prompts(
-            idx, self.geometry.slice_shape, n_lead=self.geometry.n_lead,
-            points=pts.data, positive=positive_feature(pts), points_to_image=self._to_image(pts),
-            shapes=list(shp.data), shape_types=list(shp.shape_type),
-            shapes_to_image=self._to_image(shp), batch=batch,
-        )
+        return self.prompt_layers.collect(self.geometry.check_slice_index(idx), batch)
 
     # ============================================================= segment
     def segment(
@@ -561,78 +391,7 @@ class Annotator(StackActionsMixin):
         idx = self._resolve_slice(slice)
         if idx is None or self._closed:
             return []
-        prompts = self._collect(idx, batch)
-        if not self._check_prompts(prompts):
-            return []
-        cl = self.contrast_limits
-        if blocking:
-            return self._decode_and_show(idx, prompts, self.embedder.embedding(idx, cl))
-        emb = self.cache.get(self.embedder.key(idx, cl))
-        if emb is not None:
-            return self._decode_and_show(idx, prompts, emb)
-        key = self.embedder.key(idx, cl)
-        self.embedder.request(idx, cl, on_ready=partial(self._segment_ready, idx, batch, key))
-        self._notify("info", f"embedding slice {idx}; the preview appears when it is ready")
-        return None
-
-    def _check_prompts(self, prompts: SlicePrompts, quiet: bool = False) -> bool:
-        if not quiet:
-            for message in prompts.messages:
-                self._notify("warning", message)
-            if not prompts.objects and not prompts.messages:
-                self._notify("warning", f"no prompts on slice {prompts.slice_index}: add a "
-                             f"positive point or a box in {self.points_layer.name!r} / "
-                             f"{self.shapes_layer.name!r}")
-        return bool(prompts.objects)
-
-    def _segment_ready(self, idx: Index, batch: bool, key: tuple) -> None:
-        if self._closed:
-            return
-        emb = self.cache.peek(key)
-        prompts = self._collect(idx, batch)  # the prompts as they are now
-        if emb is not None and self._check_prompts(prompts, quiet=True):
-            self._decode_and_show(idx, prompts, emb)
-
-    def _decode_and_show(
-        self, idx: Index, prompts: SlicePrompts, emb: Any, hover: bool = False
-    ) -> list[np.ndarray]:
-        single = len(prompts.objects) == 1
-        try:
-            predictions = decode_objects(
-                self.load_predictor(), emb, prompts.objects, multimask=single)
-        except (ValueError, TypeError) as err:
-            self._notify("error", f"segmentation failed: {err}")
-            return []
-        self._set_preview(
-            Preview(idx, tuple(predictions), hover=hover, prompts=tuple(prompts.objects))
-        )
-        preview = self.preview
-        if not hover:
-            scores = ", ".join(f"{s:.2f}" for s in preview.scores)
-            extra = (f" (mask {self._candidate_rank()}/{preview.n_candidates}, Shift+N: next)"
-                     if preview.n_candidates > 1 else "")
-            self._status(f"slice {idx}: {preview.n_objects} object(s), score {scores}{extra}")
-            self.events.segmented(slice_index=idx, masks=preview.masks)
-        return preview.masks
-
-    def _candidate_rank(self) -> int:
-        pred = self.preview.predictions[0]
-        order = list(np.argsort(-np.asarray(pred.scores, dtype=np.float64), kind="stable"))
-        return order.index(self.preview.choices[0]) + 1
-
-    def _set_preview(self, preview: Preview | None) -> None:
-        layer = self.preview_layer
-        if self._shown_slice is not None:
-            layer.data[self._shown_slice] = 0
-            self._shown_slice = None
-        self.preview = preview
-        if preview is not None:
-            image = preview.label_image(self.geometry.slice_shape)
-            if image.dtype.itemsize > layer.data.dtype.itemsize:
-                layer.data = layer.data.astype(image.dtype)
-            layer.data[preview.slice_index] = image
-            self._shown_slice = preview.slice_index
-        layer.refresh()
+        return self.segmenter.segment(self.prompt_layers.collect(idx, batch), blocking=blocking)
 
     def next_mask(self) -> np.ndarray | None:
         """Show the next candidate mask of the last single-object segmentation (cycles).
@@ -640,15 +399,8 @@ class Annotator(StackActionsMixin):
         Candidates come in decreasing score order; returns the shown ``(Y, X)``
         mask, or None (with a notification) without a single-object preview.
         """
-        if self.preview is None or self.preview.n_candidates < 2:
-            self._notify("info", "next mask: segment a single object first (one set of prompts)")
-            return None
-        self._set_preview(self.preview.next_candidate())
-        self._status(f"mask {self._candidate_rank()}/{self.preview.n_candidates}, "
-                     f"score {self.preview.scores[0]:.3f}")
-        return self.preview.masks[0]
+        return self.segmenter.next_mask()
 
-    # ============================================================== commit
     def commit(
         self,
         label_id: int | Sequence[int] | None = None,
@@ -681,54 +433,15 @@ class Annotator(StackActionsMixin):
         ValueError
             ``label_id`` with the wrong number of ids, or ids < 1.
         """
-        if self.preview is None:
-            self._notify("warning", "nothing to commit: segment first")
-            return []
-        if self._propagation is not None:
-            self._notify("warning", "a propagation is running; commit when it is done")
-            return []
-        layer = self.labels_layer
-        if layer not in self.viewer.layers:  # removed by the user: bring it back, keep its labels
-            self.viewer.layers.append(layer)
-        masks = self.preview.masks
-        ids = resolve_label_ids(label_id, len(masks), layer.data)
-        idx = self.preview.slice_index
-        try:
-            result = write_masks(layer, masks, idx, ids, overwrite=overwrite)
-        except (ValueError, TypeError) as err:
-            self._notify("error", f"commit failed, labels unchanged: {err}")
-            return []
-        if result.upcast is not None:
-            old, new = result.upcast
-            self._notify("info", f"labels layer {layer.name!r} converted {old} -> {new} "
-                         f"to hold id {max(ids)}")
-        if result.skipped:
-            self._notify("warning", f"object(s) {result.skipped} not written: their pixels "
-                         "already hold other labels (commit with overwrite=True to replace)")
-        if result.written:
-            layer.selected_label = result.written[-1]
-            self._last_commit = (idx, result.written)
-        self._set_preview(None)
-        if clear_prompts:
-            self._remove_prompts(idx)
-        self._status(f"committed label(s) {result.written} on slice {idx} "
-                     "(undo: Ctrl+Z on the labels layer)")
-        self.events.committed(slice_index=idx, label_ids=result.written)
-        return result.written
+        return self.segmenter.commit(label_id, overwrite, clear_prompts)
 
     def clear(self, slice: Sequence[int] | None = None) -> None:
         """Remove the prompts of the current (or given) slice and the preview."""
         idx = self._resolve_slice(slice)
         if idx is not None:
-            self._remove_prompts(idx)
-        self._set_preview(None)
+            self.prompt_layers.remove(idx)
+        self.state.preview = None
 
-    def _remove_prompts(self, idx: Index) -> None:
-        prompts = self._collect(idx, False)
-        remove_rows(self.points_layer, prompts.point_rows)
-        remove_rows(self.shapes_layer, prompts.shape_rows)
-
-    # =============================================================== hover
     def hover(self, world_position: Sequence[float]) -> list[np.ndarray] | None:
         """Preview the single-point mask under a world position (no prompts needed).
 
@@ -736,67 +449,13 @@ class Annotator(StackActionsMixin):
         ready (decoder only); otherwise nothing happens (the embedding is
         requested in the background when :attr:`background` is on).
         """
-        pos = np.asarray(world_position, dtype=np.float64)
-        d = self.geometry.ndim
-        if self._closed or pos.shape[0] < d:
-            return None
-        w2d = layer_affine(self.image_layer, "world_to_data")
-        idx = world_slice_index(self.geometry, w2d, pos)
-        h, w = self.geometry.slice_shape
-        r, c = apply_affine(w2d, pos[-d:])[-2:]
-        if idx is None or not (-0.5 <= r < h - 0.5 and -0.5 <= c < w - 0.5):
-            return None
-        prompts = self._collect(idx, False)
-        if prompts.n_points or prompts.n_shapes:
-            return None
-        cl = self.contrast_limits
-        emb = self.cache.get(self.embedder.key(idx, cl))
-        if emb is None:
-            if self.background:
-                self.embedder.request(idx, cl)
-            return None
-        rc = np.clip(nearest_index([r, c]), 0, [h - 1, w - 1]).astype(float)
-        obj = ObjectPrompt(rc[None], np.ones(1, dtype=np.int64))
-        return self._decode_and_show(idx, SlicePrompts(idx, (obj,)), emb, hover=True)
+        return self.segmenter.hover(world_position, self.background)
 
-    # ============================================================ workers
-    def _start_worker(
-        self,
-        steps: Callable[..., Iterator[Any]],
-        *args: Any,
-        desc: str,
-        total: int,
-        on_result: Callable[[Any], None] | None = None,
-        on_error: Callable[[BaseException], None] | None = None,
-        on_yield: Callable[[Any], None] | None = None,
-        on_finished: Callable[[], None] | None = None,
-    ) -> Any:
-        """Run generator ``steps(*args)`` in a napari worker with a progress bar.
-
-        Callbacks run on the main thread; exceptions (also superqt's swallowed
-        RuntimeErrors) reach ``on_error``.
-        """
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(caught, steps, *args, _progress={"total": total, "desc": desc},
-                               _ignore_errors=True)
-        error = on_error or partial(self._on_worker_error, desc)
-        worker.returned.connect(partial(unless_failed, on_result or (lambda r: None), error))
-        worker.errored.connect(error)
-        if on_yield is not None:
-            worker.yielded.connect(on_yield)
-        if on_finished is not None:
-            worker.finished.connect(on_finished)
-        worker.finished.connect(self._emit_busy)
-        worker.start()
-        self.events.busy(busy=True)
-        return worker
-
+    # ================================================================ jobs
     @property
     def busy(self) -> bool:
-        """True while an embedding, propagation or everything worker runs."""
-        return (self.embedder.busy or self._propagation is not None
-                or self._everything is not None)
+        """True while a job (embedding, propagation, everything...) runs."""
+        return self.state.busy
 
     @property
     def worker(self) -> Any:
@@ -806,26 +465,15 @@ class Annotator(StackActionsMixin):
     @property
     def propagation_worker(self) -> Any:
         """The running propagation worker, or None."""
-        return self._propagation
+        return self.runner.handle("propagate")
 
-    def _emit_busy(self) -> None:
-        self._flush_messages()
-        if not self._closed:
-            self.events.busy(busy=self.busy)
+    def _on_jobs(self, jobs: tuple, old: tuple = ()) -> None:
+        if bool(jobs) != bool(old) and not self._closed:
+            self.events.busy(busy=bool(jobs))
 
     def _on_embedded(self, idx: Index) -> None:
-        self._flush_messages()
         if not self._closed:
             self.events.embedded(slice_index=idx)
-
-    def _on_worker_error(self, what: str, err: BaseException) -> None:
-        self._flush_messages()
-        if self._closed:
-            return
-        if type(err).__name__ == "Cancelled":
-            self._notify("info", f"{what} cancelled")
-        else:
-            self._notify("error", f"{what} failed: {type(err).__name__}: {err}")
 
     def _prefetch(self) -> None:
         if self.background and self.prefetch and not self._closed:
@@ -841,26 +489,22 @@ class Annotator(StackActionsMixin):
             self.embedder.request(idx, self.contrast_limits)
 
     def cancel(self, notify: bool = True) -> None:
-        """Cancel the running embedding, propagation and everything workers and the queue.
+        """Cancel the running embedding, propagation and everything jobs and the queue.
 
         An embedding already running finishes in its thread (a forward pass
         cannot be interrupted) but its result is not shown; a propagation
-        stops after the current slice, keeping (as one undo step) what it wrote.
+        stops after the current slice, keeping (as one undo step) what it
+        computed so far; everything mode stops between decoder batches.
         """
         had = self.embedder.cancel()
-        if self._propagation is not None:
-            had = True
-            self._propagation.quit()
-        if self._everything is not None:
-            had = True
-            worker, event = self._everything
-            event.set()
-            worker.quit()
+        had = self.runner.cancel(("propagate", "everything", "adapt")) or had
+        self.state.waiting = None
         if notify and had:
-            self._notify("info", "cancelled")
+            self._say("info", "cancelled")
 
     # ============================================================= events
     def _on_step(self, event: Any = None) -> None:
+        self.state.current_slice = self.current_slice()
         if self.background and not self.embedder.scheduler.failed:
             self.embed_in_background()
 
@@ -869,12 +513,8 @@ class Annotator(StackActionsMixin):
         if self._closed or not self.auto_segment or action.endswith("ing"):
             return  # "adding", "removing", "changing": wait for the end of the edit
         idx = self.current_slice()
-        if idx is None:
-            return
-        if self._collect(idx, False).objects:
-            self.segment(idx, blocking=False)
-        elif self.preview is not None and self.preview.slice_index == idx:
-            self._set_preview(None)
+        if idx is not None:  # prompts collected once per layer event
+            self.segmenter.prompts_changed(self.prompt_layers.collect(idx))
 
     def _on_layer_removed(self, event: Any) -> None:
         if event.value is self.image_layer:
@@ -884,20 +524,103 @@ class Annotator(StackActionsMixin):
         uid = self.embedder.layer_key
         self.cache.discard_where(lambda key: key[0] == uid)
 
+    # ========================================================== stack work
+    def propagate(
+        self,
+        label_id: int | Sequence[int] | None = None,
+        direction: str = "both",
+        z_range: tuple[int, int] | None = None,
+        *,
+        blocking: bool = True,
+        **options: Any,
+    ) -> dict[int, list[int]] | Any:
+        """Propagate committed object(s) of the current slice through z.
+
+        Parameters
+        ----------
+        label_id : int, sequence of int, or None
+            Objects to propagate. Default: the ids of the last commit if it was
+            on this slice, else every label on this slice.
+        direction : ``"both"``, ``"up"`` (towards higher z) or ``"down"``
+        z_range : ``(start, stop)``: only slices ``start <= z < stop`` (Python
+            slice rules, as :func:`~napari_sam.propagation.propagate_iter`), or None
+        blocking : compute here (True) or in a worker (False, GUI)
+        **options : passed to :func:`napari_sam.propagation.propagate_iter`
+            (e.g. ``prompt_mode``, ``stop_markers``, ``iou_threshold``)
+
+        Returns
+        -------
+        Blocking: ``{object_id: [z, ...]}`` of the slices computed, in order.
+        Asynchronous: the worker. None when there is nothing to do (with a
+        notification). z is the last leading axis (axis 0 of a ZYX image; for
+        TZYX the current time point only). Slices are shown in the preview
+        layer as they arrive and written into the labels when the job ends
+        (also when cancelled), without changing other objects' labels: the
+        whole propagation is ONE ``labels_layer.undo()`` step.
+        """
+        if self.geometry.n_lead == 0:
+            self._say("warning", "propagation needs a stack: this image is 2D")
+            return None
+        idx = self._resolve_slice(None)
+        if idx is None:
+            return None
+        return self.stack.propagate(idx, self.contrast_limits, label_id, direction, z_range,
+                                    options, blocking=blocking)
+
+    def segment_everything(
+        self,
+        slice: Sequence[int] | None = None,
+        *,
+        blocking: bool = True,
+        stack: bool = False,
+        **params: Any,
+    ) -> np.ndarray | None:
+        """Segment every object of a slice automatically, into :attr:`everything_layer`.
+
+        The result goes to a separate Labels layer ``"<image> everything"`` for
+        review (its slice is replaced); :meth:`commit_everything` merges it into
+        :attr:`labels_layer`. ``params`` go to
+        :func:`napari_sam.everything.segment_everything` (e.g. ``points_per_side``).
+        The slice's cached embedding is reused.
+
+        ``stack=True`` segments every slice of the stack holding ``slice`` (z,
+        at the same time point) with
+        :func:`napari_sam.everything.segment_everything_stack`, objects linked
+        through z (``params`` may also hold its ``min_z_extent``, ``link_iou``,
+        ...); the whole stack of the everything layer is replaced, and
+        :meth:`commit_everything` then commits 3D objects.
+
+        Returns the ``(Y, X)`` (or ``(Z, Y, X)``) uint32 labels (blocking), else None.
+        """
+        idx = self._resolve_slice(slice)
+        if idx is None or self._closed:
+            return None
+        return self.stack.segment_everything(idx, self.contrast_limits, params, stack=stack,
+                                             blocking=blocking)
+
+    @property
+    def everything_layer(self) -> Any:
+        """The Labels layer holding "everything" results (None before the first)."""
+        return self.layers.everything
+
+    def commit_everything(self, overwrite: bool = False) -> list[int]:
+        """Merge the everything result into :attr:`labels_layer` (one undo step).
+
+        Every object gets a new id (max existing + 1, ...); existing labels are
+        kept unless ``overwrite``. The everything layer's slice is cleared. A
+        whole-stack result (``segment_everything(stack=True)``) commits its 3D
+        objects, one id each, always keeping existing labels. Returns the ids
+        that got pixels.
+        """
+        return self.stack.commit_everything(overwrite)
+
     # ================================================================ I/O
     def save_prompts(self, path: Any) -> Any:
         """Save all point and shape prompts to JSON (``napari_sam.io``), in image pixels.
 
         Returns the written :class:`~napari_sam.io.PromptSet`.
         """
-        from napari_sam.io import save_prompts
-
-        points, positive, shapes, types = prompts_in_image_coords(
-            self.points_layer, self.shapes_layer,
-            self._to_image(self.points_layer), self._to_image(self.shapes_layer),
-        )
-        return save_prompts(path, points, positive, shapes, types, self.geometry.ndim,
-                            coordinates="data", metadata={"image": self.image_layer.name})
+        return self.prompt_layers.save(path, self.image_layer.name)
 
     def load_prompts(self, path: Any) -> Any:
         """Add the prompts of a JSON file (pixel or world coordinates) to the prompt layers.
@@ -907,21 +630,4 @@ class Annotator(StackActionsMixin):
         ValueError
             The file's coordinates have another number of axes than the image.
         """
-        from napari_sam.io import load_prompts
-
-        prompts = load_prompts(path)
-        if prompts.ndim != self.geometry.ndim:
-            raise ValueError(f"prompt file has {prompts.ndim}-D coordinates but image "
-                             f"{self.image_layer.name!r} has {self.geometry.ndim} axes")
-        w2d = layer_affine(self.image_layer, "world_to_data")
-
-        def to_layer(layer: Any, coords: np.ndarray) -> np.ndarray:
-            image = apply_affine(w2d, coords) if prompts.coordinates == "world" else coords
-            return self._image_to_layer(layer, image)
-
-        if len(prompts.points):
-            add_points(self.points_layer, to_layer(self.points_layer, prompts.points),
-                       prompts.point_positive)
-        for verts, kind in zip(prompts.shapes, prompts.shape_types):
-            self.shapes_layer.add(to_layer(self.shapes_layer, verts), shape_type=kind)
-        return prompts
+        return self.prompt_layers.load(path, self.image_layer.name)

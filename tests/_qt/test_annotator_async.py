@@ -165,17 +165,18 @@ def test_async_propagation_writes_slices_as_they_arrive(qtbot, viewer_model, sta
     ann.segment()
     ann.commit()
     after_commit = labels.data.copy()
-    seen = []
-    ann.events.propagation_step.connect(
-        lambda event: seen.append(int((labels.data == 1).any((1, 2)).sum()))
-    )
+    seen = []  # slices where the user sees the object: the labels, and arrived slices
+    # (shown in the preview layer until the propagation is written as one undo step)
+    ann.events.propagation_step.connect(lambda event: seen.append(int(
+        ((labels.data == 1) | (ann.preview_layer.data > 0)).any((1, 2)).sum())))
     ann.propagate(blocking=False, delay=0.1)
     assert ann.commit() == []  # refused while propagating
     qtbot.waitUntil(lambda: len(seen) >= 2, timeout=5000)
     labels.paint((0, 2, 2), 9)  # the user paints while it runs
     wait_idle(qtbot, ann)
-    assert seen == [2, 3, 4, 5, 6]  # one more labelled slice per yielded update
+    assert seen == [2, 3, 4, 5, 6]  # one more slice shown per yielded update
     assert (labels.data == 1).any((1, 2)).all()
+    assert not ann.preview_layer.data.any()  # all of it in the labels now
     assert not ann.busy
     labels.undo()  # the whole propagation is one step, the paint stroke another
     assert (labels.data == 9).any()
@@ -194,7 +195,8 @@ def test_cancelled_propagation_keeps_its_slices_as_one_step(qtbot, viewer_model,
     ann.commit()
     before = labels.data.copy()
     worker = ann.propagate(blocking=False, direction="up", delay=0.2)
-    qtbot.waitUntil(lambda: (labels.data > 0).any((1, 2)).sum() >= 2, timeout=5000)
+    shown = ann.preview_layer  # arrived slices, until they are written
+    qtbot.waitUntil(lambda: (shown.data > 0).any((1, 2)).sum() >= 1, timeout=5000)
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         ann.cancel()
     n = int((labels.data > 0).any((1, 2)).sum())

@@ -199,13 +199,19 @@ def test_everything_buttons(qtbot, widget_viewer):
     ann = widget.annotator
     viewer.dims.set_current_step(0, 4)
     widget.everything_params = {"points_per_side": 4, "stability_score_thresh": 0.0}
+    progress, bar = [], []
+    ann.state.events.jobs.connect(lambda jobs, old: [
+        (progress.append((j.done, j.total)), bar.append(
+            (widget.jobs.progress.isVisible() or not widget.isVisible(),
+             widget.jobs.progress.value(), widget.jobs.progress.maximum())))
+        for j in jobs if j.kind == "everything"])
     widget.buttons["everything"].click()
-    worker = ann._everything[0]
-    progress = []
-    worker.yielded.connect(lambda v: progress.append(v) if isinstance(v, tuple) else None)
+    worker = ann.runner.handle("everything")
     qtbot.waitUntil(lambda: ann.everything_layer is not None and not ann.busy, timeout=10_000)
     # the progress bar shows everything mode's own count (embeddings and batches)
     assert progress and progress[-1][0] == progress[-1][1] == worker.pbar.total > 0
+    assert bar[-1] == (True, progress[-1][0], progress[-1][1])  # the widget's own bar
+    assert not widget.jobs.progress.isVisible() and not widget.buttons["cancel"].isEnabled()
     found = ann.everything_layer.data[4].copy()
     assert found.max() >= 1 and not ann.labels_layer.data.any()
     widget.buttons["commit_everything"].click()

@@ -4,11 +4,17 @@ One annotator is active at a time, for the image chosen in the menu. Its
 layers are remembered per image, so switching back and forth reuses them;
 switching cancels the old annotator's work in flight (its results are
 dropped). Every long computation runs in a worker (``blocking=False``).
+
+The buttons and the key bindings come from one table
+(:data:`napari_sam.annotation.actions.ACTIONS`); the status line and the
+progress bar observe the annotator's evented state
+(:class:`~napari_sam.annotation.state.AnnotatorState`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from qtpy.QtWidgets import (
@@ -27,8 +33,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sam._qt.hover import HoverPreview
-from napari_sam._qt.key_bindings import KEY_BINDINGS, bind_annotator_keys, key_for
+from napari_sam._qt.job_panel import JobPanel
+from napari_sam._qt.key_bindings import KEY_BINDINGS, bind_annotator_keys
 from napari_sam._qt.model_selector import ModelSelector
+from napari_sam.annotation.actions import ACTIONS, Action, Choices, action, key_for
 from napari_sam.cache import DEFAULT_CACHE_SIZE, EmbeddingCache
 from napari_sam.model.registry import DEFAULT_MODEL
 
@@ -126,85 +134,43 @@ class AnnotatorWidget(QWidget):
         grid.addWidget(self.hover_check, 2, 1)
         layout.addWidget(prompts)
 
-        actions = QGroupBox("actions", self)
-        grid = QGridLayout(actions)
-        specs = [
-            ("segment", "Segment", self._segment),
-            ("next_mask", "Next mask", lambda: self._call("next_mask")),
-            ("commit", "Commit", lambda: self._call("commit")),
-            ("clear", "Clear", lambda: self._call("clear")),
-            ("propagate", "Propagate", self._propagate),
-            ("cancel", "Cancel", lambda: self._call("cancel")),
-        ]
-        for i, (name, text, slot) in enumerate(specs):
-            button = QPushButton(text, actions)
-            action = next(a for a in KEY_BINDINGS if a.name == name)
-            button.setToolTip(f"{action.description} ({action.label})")
-            button.clicked.connect(slot)
-            grid.addWidget(button, i // 2, i % 2)
-            self.buttons[name] = button
+        actions = self._button_box("actions", layout)
+        grid = actions.layout()
         self.direction_combo = QComboBox(actions)
         self.direction_combo.addItems(["both", "up", "down"])
         self.direction_combo.setToolTip("Propagate towards both ends, higher z (up) or lower z")
-        grid.addWidget(QLabel("propagate", actions), 3, 0)
-        grid.addWidget(self.direction_combo, 3, 1)
-        layout.addWidget(actions)
+        grid.addWidget(QLabel("propagate", actions), grid.rowCount(), 0)
+        grid.addWidget(self.direction_combo, grid.rowCount() - 1, 1)
 
-        # ---- EVERYTHING: automatic segmentation (napari_sam.everything) ---------------
-        # Reserved place for the "Everything" action: segment_everything() into a
-        # separate Labels layer for review, then "Commit everything" merges it into
-        # the labels (existing labels preserved). Wired by _add_everything_section
-        # when napari_sam.everything is installed.
-        self.everything_box: QGroupBox | None = None
-        self._add_everything_section(layout)
-        # -------------------------------------------------------------------------------
-
-        files = QGroupBox("prompt files", self)
-        grid = QGridLayout(files)
-        for i, (name, text, slot) in enumerate(
-            [("save_prompts", "Save prompts...", self._save_prompts),
-             ("load_prompts", "Load prompts...", self._load_prompts)]
-        ):
-            button = QPushButton(text, files)
-            button.clicked.connect(slot)
-            grid.addWidget(button, 0, i)
-            self.buttons[name] = button
-        layout.addWidget(files)
-
-        self.status = QLabel("", self)
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
-        keys = ", ".join(f"{a.label} {a.name.replace('_', ' ')}" for a in KEY_BINDINGS)
-        self.setToolTip(f"Keys (on the SAM points/boxes layers): {keys}")
-        layout.addStretch(1)
-
-    def _add_everything_section(self, layout: QVBoxLayout) -> None:
-        import importlib.util
-
-        if importlib.util.find_spec("napari_sam.everything") is None:
-            return
-        box = QGroupBox("everything", self)
-        grid = QGridLayout(box)
-        for i, (name, text, tip) in enumerate(
-            [("everything", "Everything", "Segment every object of this slice into the "
-              "'everything' layer for review"),
-             ("commit_everything", "Commit everything", "Merge the 'everything' layer into "
-              "the labels (existing labels are kept)")]
-        ):
-            button = QPushButton(text, box)
-            button.setToolTip(tip)
-            slot = self._everything if name == "everything" else self._commit_everything
-            button.clicked.connect(slot)
-            grid.addWidget(button, 0, i)
-            self.buttons[name] = button
+        box = self._button_box("everything", layout)
         self.stack_check = QCheckBox("whole stack (objects linked through z)", box)
         self.stack_check.setToolTip(
             "Segment every slice of the stack (z, at this time point) and link the objects "
             "through z; 'Commit everything' then commits 3D objects (one undo step)"
         )
-        grid.addWidget(self.stack_check, 1, 0, 1, 2)
-        layout.addWidget(box)
+        box.layout().addWidget(self.stack_check, 1, 0, 1, 2)
         self.everything_box = box
+        self._button_box("files", layout, title="prompt files")
+
+        self.jobs = JobPanel(self)
+        self.status = self.jobs.status
+        layout.addWidget(self.jobs)
+        keys = ", ".join(f"{a.label} {a.name.replace('_', ' ')}" for a in KEY_BINDINGS)
+        self.setToolTip(f"Keys (on the SAM points/boxes layers): {keys}")
+        layout.addStretch(1)
+
+    def _button_box(self, group: str, layout: QVBoxLayout, title: str = "") -> QGroupBox:
+        """A box with the buttons of the actions of ``group``, two per row."""
+        box = QGroupBox(title or group, self)
+        grid = QGridLayout(box)
+        for i, act in enumerate(a for a in ACTIONS if a.group == group and a.text):
+            button = QPushButton(act.text, box)
+            button.setToolTip(act.tooltip)
+            button.clicked.connect(lambda checked=False, act=act: self.run_action(act))
+            grid.addWidget(button, i // 2, i % 2)
+            self.buttons[act.name] = button
+        layout.addWidget(box)
+        return box
 
     # ------------------------------------------------------------ images
     def _image_layers(self) -> list[Any]:
@@ -302,11 +268,11 @@ class AnnotatorWidget(QWidget):
         }
         ann.positive = self.positive_radio.isChecked()
         ann.points_layer.events.feature_defaults.connect(self._sync_mode)
-        ann.events.message.connect(self._on_message)
-        ann.events.busy.connect(self._update_enabled)
+        self.jobs.observe(ann.state)
+        ann.state.events.jobs.connect(self._update_enabled)
         self.annotator = ann
         self.hover.annotator = ann
-        self._unbind = bind_annotator_keys(ann)
+        self._unbind = bind_annotator_keys(ann, self.choices)
         ann.embed_in_background()  # start embedding the slice on screen
 
     def _close_annotator(self) -> None:
@@ -319,46 +285,49 @@ class AnnotatorWidget(QWidget):
             if self._predictor is None and ann.predictor is not None:
                 self._predictor = ann.predictor  # reuse the loaded model for the next image
             ann.points_layer.events.feature_defaults.disconnect(self._sync_mode)
-            ann.events.message.disconnect(self._on_message)
-            ann.events.busy.disconnect(self._update_enabled)
+            self.jobs.observe(None)
+            ann.state.events.jobs.disconnect(self._update_enabled)
             ann.close()
 
-    def _update_enabled(self, event: Any = None) -> None:
+    def _update_enabled(self, *_: Any) -> None:
         on = self.annotator is not None
         for name, button in self.buttons.items():
             button.setEnabled(on if name != "cancel" else on and self.annotator.busy)
 
     # ----------------------------------------------------------- actions
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Run an annotator method; the core's errors become notifications."""
+    def choices(self) -> Choices:
+        """The settings of the widget that actions read (also those started by keys)."""
+        return Choices(
+            batch=self.batch_check.isChecked(), direction=self.direction_combo.currentText(),
+            stack=self.stack_check.isChecked(), everything_params=dict(self.everything_params),
+        )
+
+    def run_action(self, act: Action | str) -> Any:
+        """Run an action of the table (a button's click); the core's errors become
+        notifications and the status line, never tracebacks."""
         from napari.utils.notifications import show_error
 
         from napari_sam.annotator import USER_ERRORS
 
+        act = action(act) if isinstance(act, str) else act
         if self.annotator is None:
             self._show("choose an image layer first", error=True)
             return None
+        choices = self.choices()
+        if act.path is not None:
+            ask = QFileDialog.getSaveFileName if act.path == "save" else QFileDialog.getOpenFileName
+            path, _ = ask(self, act.text.rstrip("."), "", "JSON (*.json)")
+            if not path:
+                return None
+            choices = replace(choices, path=path)
         try:
-            return getattr(self.annotator, method)(*args, **kwargs)
+            return act.run(self.annotator, choices)
         except USER_ERRORS as err:
-            show_error(f"{method.replace('_', ' ')} failed: {err}")
+            show_error(f"{act.name.replace('_', ' ')} failed: {err}")
             self._show(str(err))
             return None
-
-    def _segment(self) -> None:
-        self._call("segment", batch=self.batch_check.isChecked(), blocking=False)
-
-    def _propagate(self) -> None:
-        self._call("propagate", direction=self.direction_combo.currentText(), blocking=False)
-        self._update_enabled()
-
-    def _everything(self) -> None:
-        stack = self.stack_check.isChecked()
-        self._call("segment_everything", blocking=False, stack=stack, **self.everything_params)
-        self._update_enabled()
-
-    def _commit_everything(self) -> None:
-        self._call("commit_everything")
+        finally:
+            self._update_enabled()
 
     def _on_mode(self, positive: bool) -> None:
         if self.annotator is not None:
@@ -384,23 +353,9 @@ class AnnotatorWidget(QWidget):
             self._show(f"model {model} on {device} (loaded when needed)")
             self.annotator.embed_in_background()
 
-    def _save_prompts(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save prompts", "", "JSON (*.json)")
-        if path:
-            self._call("save_prompts", path)
-
-    def _load_prompts(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load prompts", "", "JSON (*.json)")
-        if path:
-            self._call("load_prompts", path)
-
     # ----------------------------------------------------------- status
-    def _on_message(self, event: Any) -> None:
-        self._show(event.message, error=event.level == "error")
-
     def _show(self, message: str, error: bool = False) -> None:
-        self.status.setText(message)
-        self.status.setStyleSheet("color: #e06060;" if error else "")
+        self.jobs.show_message(message, error=error)
 
     # ----------------------------------------------------------- closing
     def close_annotator(self) -> None:

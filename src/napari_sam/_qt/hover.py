@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QObject, QTimer
 
+from napari_sam.annotation.state import Message
+
 if TYPE_CHECKING:  # pragma: no cover
     from napari_sam.annotator import Annotator
 
@@ -60,4 +62,4 @@ class HoverPreview(QObject):
         try:
             ann.hover(self._position)
         except (ValueError, TypeError) as err:  # never a traceback from a mouse move
-            ann.last_message = f"hover preview failed: {err}"
+            ann.state.message = Message("status", f"hover preview failed: {err}")

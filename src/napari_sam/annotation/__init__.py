@@ -1,14 +1,28 @@
-"""Qt- and napari-free helpers of the napari annotator.
+"""The parts of the napari annotator (:class:`napari_sam.Annotator` builds and wires them).
 
-* :mod:`.slicing`: the image geometry (leading axes, 2D slice shape, RGB),
-  affine maps between a layer's data coordinates and world coordinates, and
-  which slice a world position belongs to.
-* :mod:`.prompts`: turning point/shape layer data into per-object SAM prompts
-  of one slice, and decoding them against a slice embedding.
-* :mod:`.store_link`: which embedding store (if any) keeps an image's slice
-  embeddings on disk for the annotator, and the fall-backs to memory.
+State and jobs:
 
-These modules take plain arrays (and, in :func:`.slicing.layer_affine`, any
-object with napari's ``world_to_data``/``data_to_world`` methods), so they are
-tested without a viewer.
+* :mod:`.state`: :class:`~.state.AnnotatorState`, the one evented object the
+  widget observes (preview, running jobs with progress, last commit, everything
+  result, current slice, messages).
+* :mod:`.jobs`: typed :class:`~.jobs.Job` s (embed, propagate, everything,
+  adapt) and the :class:`~.jobs.JobRunner` that runs them, blocking or in a
+  worker; :mod:`.napari_worker` is the one place a job meets a thread.
+* :mod:`.stack_jobs`: the propagation, everything and adapt jobs.
+* :mod:`.actions`: the action table the widget's buttons and the key bindings
+  come from.
+
+Layers, prompts, results:
+
+* :mod:`.layer_set`: the annotator's napari layers and their (cached) transforms.
+* :mod:`.prompt_layers`, :mod:`.prompts`, :mod:`.layers`, :mod:`.slicing`:
+  prompts of a slice from the Points/Shapes layers, in image pixels.
+* :mod:`.segmenting`, :mod:`.preview`: prompts -> preview -> commit.
+* :mod:`.stack`, :mod:`.propagating`: propagation and everything mode on layers.
+* :mod:`.embedder`, :mod:`.scheduler`, :mod:`.store_link`: slice embeddings
+  (cache, background queue, on-disk store).
+
+Every module is Qt-free and napari-free (layers are duck-typed) except the
+napari glue :mod:`.layer_set` and :mod:`.napari_worker`, which import napari
+inside functions only; ``tests/test_layering.py`` checks each module.
 """

@@ -1,9 +1,11 @@
 """Slice embeddings of one image: the model on demand, the LRU cache, background work.
 
-Qt- and napari-free: workers are started through an injected
-:class:`~napari_sam.annotation.workers.StartWorker`, and the image is read
+Qt- and napari-free: background embeddings are ``"embed"``
+:class:`~napari_sam.annotation.jobs.Job` s of the annotator's
+:class:`~napari_sam.annotation.jobs.JobRunner`, queued by the
+:class:`~napari_sam.annotation.scheduler.EmbeddingScheduler`; the image is read
 through its array (``source[slice_index]``), never through a napari layer, so
-the worker threads touch no GUI object.
+worker threads touch no GUI object.
 
 Cache keys are ``(layer_key, slice_index, contrast_limits, model_key)``.
 
@@ -24,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam.annotation.jobs import Job, JobRunner
 from napari_sam.annotation.scheduler import EmbeddingScheduler, EmbedRequest
 from napari_sam.annotation.slicing import ImageGeometry, neighbour_indices
 from napari_sam.annotation.store_link import StoreLink
-from napari_sam.annotation.workers import StartWorker
 from napari_sam.cache import EmbeddingCache
 
 __all__ = ["SliceEmbedder"]
@@ -45,10 +47,10 @@ class SliceEmbedder:
     geometry : its :class:`~napari_sam.annotation.slicing.ImageGeometry`
     layer_key : hashable identity of the image (part of every cache key)
     cache : the (possibly shared) :class:`~napari_sam.cache.EmbeddingCache`
-    start_worker : starts background work (see :class:`.workers.StartWorker`)
+    runner : the :class:`~napari_sam.annotation.jobs.JobRunner` that runs
+        background embeddings (it reports their failures)
     predictor : a loaded predictor, or None to load ``model`` when first needed
     model, device, precision : what :class:`~napari_sam.predictor.Predictor` loads
-    on_error : ``on_error(what, exception)`` for failed background work (main thread)
     on_embedded : ``on_embedded(slice_index)`` when a background embedding is stored
     store : a :class:`~napari_sam.annotation.store_link.StoreLink` (embeddings on
         disk), or None for memory only
@@ -60,13 +62,12 @@ class SliceEmbedder:
         geometry: ImageGeometry,
         layer_key: Hashable,
         cache: EmbeddingCache,
-        start_worker: StartWorker,
+        runner: JobRunner,
         *,
         predictor: Any = None,
         model: str = "micro",
         device: str = "auto",
         precision: str = "auto",
-        on_error: Callable[[str, BaseException], None] | None = None,
         on_embedded: Callable[[Index], None] | None = None,
         store: StoreLink | None = None,
     ) -> None:
@@ -74,12 +75,11 @@ class SliceEmbedder:
         self.geometry = geometry
         self.layer_key = layer_key
         self.cache = cache
-        self._start_worker = start_worker
+        self.runner = runner
         self._predictor = predictor
         self._model, self._device, self._precision = model, device, precision
         self._predictor_lock = threading.Lock()
         self._embed_lock = threading.Lock()
-        self._on_error = on_error or (lambda what, err: None)
         self._on_embedded = on_embedded or (lambda idx: None)
         self.store = store
         self._set_model_key()
@@ -202,25 +202,25 @@ class SliceEmbedder:
         for nb in neighbour_indices(self.geometry, idx, radius=1):
             self.request(nb, cl, prefetch=True)
 
+    def job(self, idx: Index, cl: Limits, *, prefetch: bool = False) -> Job:
+        """The ``"embed"`` job of slice ``idx``: loads the model, then embeds (or reads
+        the store); returns the embedding, which is in the cache afterwards."""
+        what = f"{'prefetching' if prefetch else 'embedding'} slice {idx}"
+        return Job("embed", what, partial(self._steps, idx, cl), total=2, background=prefetch)
+
     def _launch(self, req: EmbedRequest, finished: Callable[[], None]) -> Any:
-        what = f"{'prefetching' if req.prefetch else 'embedding'} slice {req.slice_index}"
+        job = self.job(req.slice_index, req.contrast_limits, prefetch=req.prefetch)
+        job.on_result = lambda _: self._on_embedded(req.slice_index)
+        job.on_error = lambda _: self.scheduler.mark_failed()  # no prefetching until asked
+        job.on_finished = finished
+        return self.runner.run(job, blocking=False)
 
-        def failed(err: BaseException) -> None:
-            self.scheduler.mark_failed()  # no prefetching until the user asks again
-            self._on_error(what, err)
-
-        return self._start_worker(
-            self._steps, req.slice_index, req.contrast_limits,
-            desc=f"SAM: {what}", total=2,
-            on_result=self._on_embedded, on_error=failed, on_finished=finished,
-        )
-
-    def _steps(self, idx: Index, cl: Limits) -> Iterator[str]:
+    def _steps(self, idx: Index, cl: Limits, cancel: threading.Event) -> Iterator[str]:
         self.load_predictor()
-        yield "model"
-        self.embedding(idx, cl)
+        yield "model loaded"
+        embedding = self.embedding(idx, cl)
         yield "embedded"
-        return idx
+        return embedding
 
     def cancel(self) -> bool:
         """Drop queued requests and ask the running worker to quit; True if there was any."""

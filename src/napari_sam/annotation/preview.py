@@ -100,6 +100,13 @@ class Preview:
             return 1
         return int(np.asarray(self.predictions[0].masks).shape[0])
 
+    @property
+    def rank(self) -> int:
+        """Rank (1 = best score) of the candidate shown for the first object."""
+        scores = np.asarray(self.predictions[0].scores, dtype=np.float64)
+        order = list(np.argsort(-scores, kind="stable"))
+        return order.index(self.choices[0]) + 1
+
     def next_candidate(self) -> Preview:
         """The same preview showing the next candidate mask (single object only), cycling.
 

@@ -1,21 +1,27 @@
-"""Which committed objects to propagate, their seeds, and writing the results.
+"""Which committed objects to propagate, their seeds, and the slices waiting to be written.
 
-Qt- and napari-free (the Labels layer is duck-typed; see
-:mod:`napari_sam.annotation.writing`). z is the last leading axis of the image:
-axis 0 of ``(Z, Y, X)``, axis 1 of ``(T, Z, Y, X)`` (the time point is fixed).
+Qt- and napari-free (layers are duck-typed). z is the last leading axis of the
+image: axis 0 of ``(Z, Y, X)``, axis 1 of ``(T, Z, Y, X)`` (the time point is
+fixed).
+
+A propagation's slices are not written into the labels one by one: napari's
+``block_history()`` cannot stay open across GUI events (a paint stroke in
+between would end the group and split the step). :class:`PendingSlices` keeps
+them, shows each in a display layer (the preview) as it arrives, and writes
+all of them through a :class:`~napari_sam.labels.LabelsWriter` at the end:
+one undo step, recorded by napari's own history only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from napari_sam.annotation.writing import HistoryGroup, write_slice
-from napari_sam.labels import apply_edit, plan_write
+__all__ = ["PendingSlices", "choose_ids", "seeds_from_slice"]
 
-__all__ = ["PropagationWriter", "choose_ids", "seeds_from_slice"]
+Index = tuple[int, ...]
 
 
 def choose_ids(
@@ -45,29 +51,17 @@ def seeds_from_slice(labels_slice: np.ndarray, ids: Sequence[int], z: int) -> di
     return {int(oid): {int(z): labels_slice == oid} for oid in ids}
 
 
-class PropagationWriter:
-    """Writes propagation updates into a Labels layer as ONE undo step.
-
-    Each update's masks only fill background pixels (other objects' labels
-    are kept). Use it as a context manager or call :meth:`open` / :meth:`close`;
-    :meth:`close` records everything written as one undo step, also after a
-    cancel or an error.
+class PendingSlices:
+    """Propagated masks waiting to be written, shown in a display layer meanwhile.
 
     Parameters
     ----------
-    layer : napari Labels layer (duck-typed: ``data``, ``data_setitem``,
-        ``block_history``, ``refresh``)
     lead : the fixed leading indices before z (``()`` for ZYX, ``(t,)`` for TZYX)
     ids : the object ids being propagated
-    deferred : False: write through ``data_setitem`` inside one open
-        ``block_history()`` (for a loop that runs to the end without the event
-        loop). True (a worker yielding slices while the GUI runs): write each
-        slice straight into the data and refresh, so it is seen at once, and
-        record all of them with ``data_setitem`` in one ``block_history()``
-        block in :meth:`close`. An open napari history group would be closed
-        early by a paint stroke in between (napari commits staged edits at the
-        end of a stroke), splitting the step; the deferred record cannot be
-        interleaved.
+    display : a Labels layer to show the slices in as they arrive (duck-typed:
+        ``data`` of the image's shape, ``refresh``), or None
+    labels : the Labels layer the slices go to (duck-typed: ``data``), to show
+        only the pixels a write will take (the background), or None
 
     Attributes
     ----------
@@ -75,55 +69,64 @@ class PropagationWriter:
     """
 
     def __init__(
-        self, layer: Any, lead: tuple[int, ...], ids: Sequence[int], *, deferred: bool = False
+        self, lead: Index, ids: Sequence[int], *, display: Any = None, labels: Any = None
     ) -> None:
-        self.layer = layer
         self.lead = tuple(lead)
-        self.deferred = deferred
+        self.display = display
+        self.labels = labels
         self.written: dict[int, list[int]] = {int(i): [] for i in ids}
-        self._group = HistoryGroup(layer)
-        self._edits: list[Any] = []
+        # slice index -> {id: (row0, col0, mask of the bounding box)}
+        self._slices: dict[Index, dict[int, tuple[int, int, np.ndarray]]] = {}
 
-    def open(self) -> PropagationWriter:
-        """Start the undo group (immediate mode)."""
-        if not self.deferred:
-            self._group.open()
-        return self
+    def __len__(self) -> int:
+        return len(self._slices)
 
-    def write(self, update: Any) -> tuple[int, ...]:
-        """Write one ``SliceUpdate`` (``.z``, ``.masks``); returns its slice index."""
+    def add(self, update: Any) -> Index:
+        """Keep one ``SliceUpdate`` (``.z``, ``.masks``: ``{id: (Y, X) bool}``); show it.
+
+        Returns its slice index.
+        """
         idx = (*self.lead, int(update.z))
-        if self.deferred:
-            for oid, mask in update.masks.items():
-                edit = plan_write(self.layer.data, np.asarray(mask, dtype=bool),
-                                  slice_index=idx, label_id=int(oid))
-                if edit.n_pixels:
-                    apply_edit(self.layer.data, edit, check=False)
-                    self._edits.append(edit)
-            self.layer.refresh()
-        else:
-            write_slice(self.layer, idx, update.masks)
-        for oid in update.masks:
+        kept = self._slices.setdefault(idx, {})
+        shown = None
+        for oid, mask in update.masks.items():
+            mask = np.asarray(mask, dtype=bool)
             self.written.setdefault(int(oid), []).append(int(update.z))
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            if rows.size:
+                r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+                kept[int(oid)] = (int(r0), int(c0), mask[r0:r1, c0:c1].copy())
+                shown = mask if shown is None else shown | mask
+        if shown is not None and self.display is not None:
+            if self.labels is not None:
+                shown = shown & (np.asarray(self.labels.data[idx]) == 0)
+            self.display.data[idx] = np.where(shown, 1, self.display.data[idx])
+            self.display.refresh()
         return idx
 
-    def close(self) -> None:
-        """Record everything written as one undo step."""
-        if not self.deferred:
-            self._group.close()
-            return
-        edits, self._edits = self._edits, []
-        data = self.layer.data
-        with HistoryGroup(self.layer):
-            for edit in edits:
-                still = np.asarray(data[edit.indices]) == edit.value  # not painted over since
-                indices = tuple(i[still] for i in edit.indices)
-                if indices[0].size:
-                    data[indices] = edit.previous_values[still]  # back to before, unrecorded
-                    self.layer.data_setitem(indices, edit.value)  # and again, recorded
+    def masks(self, shape: tuple[int, int]) -> Iterator[tuple[Index, dict[int, np.ndarray]]]:
+        """``(slice_index, {id: (Y, X) bool mask})`` of everything kept, in arrival order
+        (one slice in memory at a time)."""
+        for idx, objects in list(self._slices.items()):
+            masks = {}
+            for oid, (r0, c0, box) in objects.items():
+                mask = np.zeros(shape, dtype=bool)
+                mask[r0:r0 + box.shape[0], c0:c0 + box.shape[1]] = box
+                masks[oid] = mask
+            yield idx, masks
 
-    def __enter__(self) -> PropagationWriter:
-        return self.open()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def flush(self, writer: Any, shape: tuple[int, int]) -> dict[int, int]:
+        """Write every kept slice with ``writer`` (a
+        :class:`~napari_sam.labels.LabelsWriter`) as ONE undo step, background
+        pixels only, and clear the display. Returns pixels written per id.
+        """
+        kept = list(self._slices)
+        ids = {oid for objects in self._slices.values() for oid in objects}
+        try:
+            return writer.write_slices(self.masks(shape), label_ids=ids) if kept else {}
+        finally:
+            self._slices = {}
+            if self.display is not None and kept:
+                for idx in kept:
+                    self.display.data[idx] = 0
+                self.display.refresh()

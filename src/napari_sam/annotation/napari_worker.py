@@ -1,0 +1,47 @@
+"""The one place where a job meets a thread: napari's ``thread_worker`` machinery.
+
+:func:`launch` is the :data:`~napari_sam.annotation.jobs.Launch` of the
+annotator's :class:`~napari_sam.annotation.jobs.JobRunner`. It imports
+``napari.qt.threading`` when called (never at import), runs the job's
+generator in a ``GeneratorWorker`` with a progress bar in napari's activity
+dock, and delivers every event to the runner on the main thread (Qt queued
+signals). Needs a running Qt event loop for the results to arrive.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from napari_sam.annotation.jobs import Failure, Job, JobSink, Progress, caught
+
+__all__ = ["launch"]
+
+
+def launch(job: Job, sink: JobSink) -> Any:
+    """Start ``job`` in a napari worker; returns the worker (``quit()``, ``finished``...)."""
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(caught, job.steps, job.cancel,
+                           _progress={"total": job.total, "desc": f"SAM: {job.title}"},
+                           _ignore_errors=True)
+    pbar = getattr(worker, "pbar", None)
+
+    def yielded(value: Any) -> None:
+        if isinstance(value, Progress) and pbar is not None:  # the job's own count
+            pbar.total = value.total
+            pbar.update(value.done - pbar.n)
+        sink.yielded(job, value)
+
+    def returned(value: Any) -> None:
+        if isinstance(value, Failure):
+            sink.failed(job, value.error)
+        else:
+            sink.returned(job, value)
+
+    worker.yielded.connect(yielded)
+    worker.returned.connect(returned)
+    worker.errored.connect(partial(sink.failed, job))
+    worker.finished.connect(partial(sink.finished, job))
+    worker.start()
+    return worker

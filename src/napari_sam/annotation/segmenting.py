@@ -1,0 +1,210 @@
+"""Prompts -> preview -> labels for one slice: segment, candidates, hover, commit.
+
+Qt- and napari-free (layers duck-typed). :class:`Segmenter` decodes the
+prompts of a slice against its embedding (decoding at once when the embedding
+is cached, else waiting for an ``"embed"`` job), puts the result in
+``state.preview`` (which :meth:`Segmenter.show_preview` draws into the preview
+layer) and commits it through the labels writer as one undo step. It is given
+everything it uses (no host object).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from napari_sam.annotation.preview import Preview
+from napari_sam.annotation.prompts import ObjectPrompt, SlicePrompts, decode_objects
+from napari_sam.annotation.slicing import apply_affine, nearest_index, world_slice_index
+from napari_sam.annotation.state import Commit
+from napari_sam.labels import resolve_label_ids
+
+__all__ = ["Segmenter"]
+
+Index = tuple[int, ...]
+
+
+class Segmenter:
+    """Segment and commit the prompted objects of one slice.
+
+    Parameters
+    ----------
+    state : the annotator's :class:`~napari_sam.annotation.state.AnnotatorState`
+    runner : its :class:`~napari_sam.annotation.jobs.JobRunner`
+    embedder : its :class:`~napari_sam.annotation.embedder.SliceEmbedder`
+    layers : its :class:`~napari_sam.annotation.layer_set.AnnotatorLayers`
+    prompts : its :class:`~napari_sam.annotation.prompt_layers.PromptLayers`
+    writer : the :class:`~napari_sam.labels.LabelsWriter` of the labels layer
+    events : napari ``EmitterGroup`` with ``segmented`` and ``committed``
+    """
+
+    def __init__(
+        self, state: Any, runner: Any, embedder: Any, layers: Any, prompts: Any, writer: Any,
+        events: Any,
+    ) -> None:
+        self.state = state
+        self.runner = runner
+        self.embedder = embedder
+        self.layers = layers
+        self.prompts = prompts
+        self.writer = writer
+        self.events = events
+
+    def _say(self, level: str, text: str) -> None:
+        self.runner.post(level, text)
+
+    # ------------------------------------------------------------- segment
+    def segment(self, prompts: SlicePrompts, *, blocking: bool) -> list[np.ndarray] | None:
+        """Decode ``prompts`` into ``state.preview``; see :meth:`napari_sam.Annotator.segment`."""
+        if not self._check(prompts):
+            return []
+        idx, cl = prompts.slice_index, self.layers.contrast_limits
+        key = self.embedder.key(idx, cl)
+        emb = self.embedder.cache.get(key)
+        if emb is None and blocking:
+            emb = self.runner.run(self.embedder.job(idx, cl), blocking=True)
+        if emb is not None:
+            return self.decode_and_show(prompts, emb)
+        self.state.waiting = prompts  # decoded when the embedding is ready
+        self.embedder.request(idx, cl, on_ready=partial(self._ready, key))
+        self._say("info", f"embedding slice {idx}; the preview appears when it is ready")
+        return None
+
+    def prompts_changed(self, prompts: SlicePrompts) -> None:
+        """The prompts of a slice changed (auto-segment): segment them asynchronously,
+        or, when none are left, drop that slice's preview and waiting prompts."""
+        if prompts.objects:
+            self.segment(prompts, blocking=False)
+            return
+        idx, state = prompts.slice_index, self.state
+        if state.preview is not None and state.preview.slice_index == idx:
+            state.preview = None
+        if state.waiting is not None and state.waiting.slice_index == idx:
+            state.waiting = None
+
+    def _check(self, prompts: SlicePrompts) -> bool:
+        for message in prompts.messages:
+            self._say("warning", message)
+        if not prompts.objects and not prompts.messages:
+            self._say("warning", f"no prompts on slice {prompts.slice_index}: add a "
+                      f"positive point or a box in {self.layers.points.name!r} / "
+                      f"{self.layers.shapes.name!r}")
+        return bool(prompts.objects)
+
+    def _ready(self, key: tuple) -> None:
+        prompts = self.state.waiting  # the latest prompts of that slice
+        if self.runner.closed or prompts is None or prompts.slice_index != key[1]:
+            return
+        self.state.waiting = None
+        emb = self.embedder.cache.peek(key)
+        if emb is not None:
+            self.decode_and_show(prompts, emb)
+
+    def decode_and_show(
+        self, prompts: SlicePrompts, emb: Any, hover: bool = False
+    ) -> list[np.ndarray]:
+        """Decode every object of ``prompts`` against ``emb``; the result becomes the preview."""
+        idx = prompts.slice_index
+        try:
+            predictions = decode_objects(self.embedder.load_predictor(), emb, prompts.objects,
+                                         multimask=len(prompts.objects) == 1)
+        except (ValueError, TypeError) as err:
+            self._say("error", f"segmentation failed: {err}")
+            return []
+        preview = Preview(idx, tuple(predictions), hover=hover, prompts=tuple(prompts.objects))
+        self.state.preview = preview
+        if not hover:
+            scores = ", ".join(f"{s:.2f}" for s in preview.scores)
+            extra = (f" (mask {preview.rank}/{preview.n_candidates}, Shift+N: next)"
+                     if preview.n_candidates > 1 else "")
+            self._say("status", f"slice {idx}: {preview.n_objects} object(s), "
+                      f"score {scores}{extra}")
+            self.events.segmented(slice_index=idx, masks=preview.masks)
+        return preview.masks
+
+    def show_preview(self, preview: Preview | None, old: Preview | None = None) -> None:
+        """Draw ``state.preview`` into the preview layer (its observer; main thread)."""
+        layer = self.layers.preview
+        if old is not None:
+            layer.data[old.slice_index] = 0
+        if preview is not None:
+            image = preview.label_image(self.layers.geometry.slice_shape)
+            if image.dtype.itemsize > layer.data.dtype.itemsize:
+                layer.data = layer.data.astype(image.dtype)
+            layer.data[preview.slice_index] = image
+        layer.refresh()
+
+    def next_mask(self) -> np.ndarray | None:
+        """See :meth:`napari_sam.Annotator.next_mask`."""
+        preview = self.state.preview
+        if preview is None or preview.n_candidates < 2:
+            self._say("info", "next mask: segment a single object first (one set of prompts)")
+            return None
+        self.state.preview = preview = preview.next_candidate()
+        self._say("status", f"mask {preview.rank}/{preview.n_candidates}, "
+                  f"score {preview.scores[0]:.3f}")
+        return preview.masks[0]
+
+    def hover(self, world_position: Sequence[float], background: bool) -> list | None:
+        """See :meth:`napari_sam.Annotator.hover` (``background``: request the embedding)."""
+        geometry = self.layers.geometry
+        pos = np.asarray(world_position, dtype=np.float64)
+        d = geometry.ndim
+        if self.runner.closed or pos.shape[0] < d:
+            return None
+        w2d = self.layers.world_to_image()
+        idx = world_slice_index(geometry, w2d, pos)
+        h, w = geometry.slice_shape
+        r, c = apply_affine(w2d, pos[-d:])[-2:]
+        if idx is None or not (-0.5 <= r < h - 0.5 and -0.5 <= c < w - 0.5):
+            return None
+        if self.prompts.any_on(idx):
+            return None  # slices with prompts keep their own preview
+        cl = self.layers.contrast_limits
+        emb = self.embedder.cache.get(self.embedder.key(idx, cl))
+        if emb is None:
+            if background:
+                self.embedder.request(idx, cl)
+            return None
+        rc = np.clip(nearest_index([r, c]), 0, [h - 1, w - 1]).astype(float)
+        obj = ObjectPrompt(rc[None], np.ones(1, dtype=np.int64))
+        return self.decode_and_show(SlicePrompts(idx, (obj,)), emb, hover=True)
+
+    # -------------------------------------------------------------- commit
+    def commit(self, label_id: Any, overwrite: bool, clear_prompts: bool) -> list[int]:
+        """See :meth:`napari_sam.Annotator.commit`."""
+        preview = self.state.preview
+        if preview is None:
+            self._say("warning", "nothing to commit: segment first")
+            return []
+        if self.runner.running("propagate"):
+            self._say("warning", "a propagation is running; commit when it is done")
+            return []
+        self.layers.ensure_labels_shown()
+        layer, idx = self.layers.labels, preview.slice_index
+        ids = resolve_label_ids(label_id, preview.n_objects, layer.data)
+        try:
+            result = self.writer.write_objects(preview.masks, idx, ids, overwrite=overwrite)
+        except (ValueError, TypeError) as err:
+            self._say("error", f"commit failed, labels unchanged: {err}")
+            return []
+        if result.upcast is not None:
+            old, new = result.upcast
+            self._say("info", f"labels layer {layer.name!r} converted {old} -> {new} "
+                      f"to hold id {max(ids)}")
+        if result.skipped:
+            self._say("warning", f"object(s) {result.skipped} not written: their pixels "
+                      "already hold other labels (commit with overwrite=True to replace)")
+        if result.written:
+            layer.selected_label = result.written[-1]
+            self.state.last_commit = Commit(idx, tuple(result.written))
+        self.state.preview = None
+        if clear_prompts:
+            self.prompts.remove(idx)
+        self._say("status", f"committed label(s) {result.written} on slice {idx} "
+                  "(undo: Ctrl+Z on the labels layer)")
+        self.events.committed(slice_index=idx, label_ids=result.written)
+        return result.written
