@@ -4,6 +4,13 @@ Seeds are either a labels TIFF of the stack's ``(Z, Y, X)`` shape (every id's
 non-empty slices are its keyframes) or a points CSV (``z,y,x[,label]``): each
 positive point is one object, segmented on its slice first; negative points
 (label 0) are added to every object's prompt on their slice.
+
+``--axis t`` (or ``z``, or an axis index) propagates along that axis of a
+``(T, Y, X)`` or ``(T, Z, Y, X)`` stack: objects keep their id from frame to
+frame (tracking; no lineage). Seeds then have the stack's shape without
+channels (labels) or one coordinate per axis (points: ``t,z,y,x``), and all
+of them lie at one index of the other leading axes (e.g. one z), which is
+where the result is written.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "propagate",
-        help="propagate seed masks or points through the z slices of a stack",
+        help="propagate seed masks or points through the z slices (or time) of a stack",
         description=__doc__.split("\n\n", 1)[1],
     )
     p.add_argument("stack", help="image stack (Z, Y, X) or (Z, Y, X, C): .tif, .zarr or .npy")
@@ -44,6 +51,14 @@ def register(sub) -> None:
         f"box+mask+neg for micro; else {DEFAULT_PROMPT_MODE}]",
     )
     p.add_argument("--direction", choices=DIRECTIONS, default="both", help="[both]")
+    p.add_argument(
+        "--axis",
+        type=parse_axis,
+        default=None,
+        metavar="t|z|INDEX",
+        help="axis to propagate along: t (the first axis: time in T,Y,X or T,Z,Y,X), z (the "
+        "axis before Y) or its index [the first axis of a Z,Y,X stack]",
+    )
     p.add_argument(
         "--z-range",
         type=parse_z_range,
@@ -85,6 +100,114 @@ def parse_z_range(text: str) -> tuple[int | None, int | None]:
         raise argparse.ArgumentTypeError(
             f"expected integers A:B (e.g. 10:40), got {text!r}"
         ) from None
+
+
+def parse_axis(text: str) -> str | int:
+    """``"t"``/``"z"`` (any case) or an integer axis index."""
+    name = text.strip().lower()
+    if name in ("t", "z"):
+        return name
+    try:
+        return int(name)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected t, z or an axis index (e.g. 0), got {text!r}"
+        ) from None
+
+
+def seeds_along_axis(
+    coords: np.ndarray, axis: int, n_lead: int, what: str
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Seed coordinates ``(N, n_lead)`` -> their index along ``axis`` and the one position
+    of the other leading axes that they share (a UserError names the clash)."""
+    from napari_sam.cli._common import UserError
+
+    lead = np.rint(np.asarray(coords, dtype=np.float64)[:, :n_lead]).astype(np.int64)
+    others = [i for i in range(n_lead) if i != axis]
+    rest = {tuple(int(v) for v in row[others]) for row in lead}
+    if len(rest) > 1:
+        raise UserError(
+            f"the {what} lie at different indices {sorted(rest)} of axes {others}; "
+            f"propagation along axis {axis} runs at one of them: keep seeds of one slice "
+            "position (e.g. one z) per run"
+        )
+    position = [0] * n_lead
+    for i, v in zip(others, next(iter(rest))):
+        position[i] = v
+    return lead[:, axis], tuple(position)
+
+
+def run_along_axis(args, stack: Any) -> int:
+    """``run`` for ``--axis``: seeds of the whole stack, result written at their position."""
+    from napari_sam.cli._common import UserError, progress_printer
+    from napari_sam.io import read_labels_tiff, read_points_csv, write_labels_tiff
+    from napari_sam.propagation import propagate, stack_contrast_limits
+    from napari_sam.propagation.inputs import along_axis, resolve_axis, split_shape
+
+    shape = tuple(int(v) for v in stack.shape)
+    axis = resolve_axis(shape, args.axis)
+    n_lead, _ = split_shape(shape)
+    labels_shape = shape[: n_lead + 2]
+    predictor = None
+    embeddings: dict = {}
+    limits = stack_contrast_limits(stack)
+    if str(args.seeds).lower().endswith(".csv"):
+        prompts = read_points_csv(args.seeds)
+        points = np.asarray(prompts.points, dtype=np.float64)
+        if points.shape[1] != n_lead + 2:
+            raise UserError(
+                f"points have {points.shape[1]} coordinates; this stack of shape {shape} needs "
+                f"{n_lead + 2} (one per leading axis, then y, x)"
+            )
+        zs, position = seeds_along_axis(points, axis, n_lead, "points")
+        view = along_axis(stack, axis, position)
+        predictor = make_predictor(args.model, args.device, args.precision)
+        on_view = np.column_stack([zs, points[:, n_lead:]])
+        seeds = seeds_from_points(on_view, np.asarray(prompts.point_positive), view,
+                                  predictor, limits, embeddings)
+    else:
+        seed_labels, _ = read_labels_tiff(args.seeds)
+        seed_labels = np.asarray(seed_labels)
+        if seed_labels.shape != labels_shape:
+            raise UserError(
+                f"seed labels have shape {seed_labels.shape}, expected the stack's "
+                f"{labels_shape}"
+            )
+        planes = np.argwhere(seed_labels.reshape(*labels_shape[:n_lead], -1).any(axis=-1))
+        if len(planes) == 0:
+            raise UserError("the seed labels are empty: paint at least one object")
+        zs, position = seeds_along_axis(planes, axis, n_lead, "seed labels")
+        view = along_axis(seed_labels, axis, position)
+        seeds = seeds_from_labels(np.stack([view[z] for z in range(len(view))]),
+                                  (len(view), *labels_shape[-2:]))
+    if predictor is None:
+        predictor = make_predictor(args.model, args.device, args.precision)
+    max_id = max(seeds)
+    dtype = next(d for d in (np.uint8, np.uint16, np.uint32) if max_id <= np.iinfo(d).max)
+    labels = np.zeros(labels_shape, dtype=dtype)
+    result = propagate(
+        stack,
+        seeds,
+        predictor,
+        out=labels,
+        axis=axis,
+        position=position,
+        progress=None if args.quiet else progress_printer("propagate"),
+        prompt_mode=args.prompt_mode,
+        direction=args.direction,
+        z_range=args.z_range,
+        iou_threshold=args.iou_threshold,
+        score_threshold=args.score_threshold,
+        fade_threshold=args.fade_threshold,
+        contrast_limits=limits,
+        embeddings=embeddings,
+    )
+    write_labels_tiff(args.out, labels)
+    print_summary(result, labels)
+    where = ", ".join(f"axis {i} = {p}" for i, p in enumerate(position) if i != axis)
+    print(f"wrote {args.out}: labels {labels.shape} {labels.dtype}, propagated along axis "
+          f"{axis}" + (f" at {where}" if where else ""))
+    return 0
 
 
 def make_predictor(model: str, device: str, precision: str) -> Any:
@@ -170,6 +293,8 @@ def run(args) -> int:
     if args.prompt_mode is not None:
         parse_prompt_mode(args.prompt_mode)  # fail before loading anything heavy
     stack = read_image(args.stack)
+    if args.axis is not None:
+        return run_along_axis(args, stack)
     if len(stack.shape) not in (3, 4):
         raise UserError(
             f"{args.stack} has shape {tuple(stack.shape)}; propagation needs a stack "

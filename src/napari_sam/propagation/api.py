@@ -37,6 +37,9 @@ def propagate_iter(
     box_margin: float = 0.1,
     n_points: int = 3,
     fade_threshold: float | None = None,
+    axis: Any = None,
+    position: Any = None,
+    motion: bool | None = None,
 ) -> Iterator[SliceUpdate]:
     """Propagate keyframe masks through a stack, yielding one update per processed slice.
 
@@ -46,10 +49,14 @@ def propagate_iter(
 
     Parameters
     ----------
-    stack : array, shape ``(Z, Y, X)`` or ``(Z, Y, X, C)`` (C <= 3)
+    stack : array, shape ``(Z, Y, X)`` or ``(Z, Y, X, C)`` (C <= 3); with ``axis``
+        any ``(..., Y, X)`` or ``(..., Y, X, C)`` stack, e.g. ``(T, Y, X)`` or
+        ``(T, Z, Y, X)``
         numpy, dask or zarr; only the slices that are embedded are read
         (``np.asarray(stack[z])``), plus a sample for the contrast limits
         unless ``contrast_limits`` or ``embeddings`` cover everything.
+        Every ``z`` below (seeds, ``z_range``, ``stop_markers``, records) is
+        the index along the propagation axis.
     seeds : dict
         ``{z: (Y, X) bool mask}`` for one object (object id 1), or
         ``{object_id: {z: mask}}`` for several (object ids >= 1 are the label
@@ -102,8 +109,30 @@ def propagate_iter(
         nucleus (see :mod:`napari_sam.propagation.fade`). 0 turns it off.
         Default (None): the model's recommendation in the registry (0.4 for
         the bundled ``micro``), else 0 (off).
+    axis : int or {"t", "z"}, optional
+        The axis to propagate along: any non-displayed (leading) axis of the
+        stack, as an index or a name: ``"t"`` the first leading axis, ``"z"``
+        the one before Y (on a stack with one leading axis both name it).
+        Objects keep their id along it, so ``axis="t"`` tracks objects
+        through a time-lapse; a track ends by the stop rules (an exit or a
+        division usually as ``"changed"`` or ``"vanished"``; there is no
+        lineage). Default: the stack's first axis of a ``(Z, Y, X[, C])`` stack.
+    position : sequence of int, optional
+        The displayed slice's index along every leading axis (e.g. napari's
+        ``dims.current_step[:n]``); the entry along ``axis`` is ignored.
+        Required when the stack has more than one leading axis.
+    motion : bool, optional
+        Follow moving objects: each step's prompt (and the mask it is judged
+        against) is the previous mask shifted by the object's last motion
+        (the shift of its centre between its last two masks, kept while it
+        touches the slice's edge). Default: on along a time axis, off in z.
 
-    Yields
+    Along a time axis (``axis="t"``, or an index of a stack with several
+    leading axes other than the one before Y) the defaults of
+    ``prompt_mode`` and ``fade_threshold`` are ``"box+points+mask"`` and 0
+    (off) instead of the model's recommendation for z
+    (:data:`~napari_sam.propagation.engine.TRACKING_DEFAULTS`, measured in
+    docs/propagation.md, "Tracking through time").
     ------
     SliceUpdate
         First one per keyframe slice (status ``"seed"``), then one per
@@ -132,6 +161,9 @@ def propagate_iter(
         box_margin=box_margin,
         n_points=n_points,
         fade_threshold=fade_threshold,
+        axis=axis,
+        position=position,
+        motion=motion,
     )
     return _run(engine)
 
@@ -186,13 +218,20 @@ def _label_ids(engine: Engine, out: Any, label_id: Any) -> dict[int, int] | None
     return mapping
 
 
-def _check_out(out: Any, engine: Engine, ids: dict[int, int] | None) -> None:
+def _check_out(out: Any, engine: Engine, ids: dict[int, int] | None) -> bool:
+    """Check ``out``; True when it has the whole nD stack's shape (not the axis')."""
     expected = (engine.info.n_slices, *engine.info.slice_shape)
     shape = tuple(int(s) for s in getattr(out, "shape", ()))
-    if shape != expected:
+    whole = None
+    if engine.source is not None:
+        view = engine.stack
+        whole = (*(int(s) for s in engine.source.shape[: len(view.position)]),
+                 *engine.info.slice_shape)
+    if shape != expected and shape != whole:
+        also = "" if whole is None else f" or the whole stack's (..., Y, X) = {whole}"
         raise ValueError(
             f"out has shape {shape or type(out).__name__}, expected the stack's (Z, Y, X) "
-            f"= {expected}"
+            f"= {expected}{also}"
         )
     if type(out).__module__.split(".")[0] == "dask":
         raise TypeError("out is a dask array, which is read-only; pass a numpy or zarr array")
@@ -207,6 +246,7 @@ def _check_out(out: Any, engine: Engine, ids: dict[int, int] | None) -> None:
             f"label id {top} does not fit out's dtype {dtype}; upcast first, e.g. "
             "napari_sam.labels.ensure_dtype(out, label_id)"
         )
+    return shape == whole and shape != expected
 
 
 def propagate(
@@ -229,7 +269,9 @@ def propagate(
     out : array of int, shape ``(Z, Y, X)``, optional
         numpy or zarr labels to write into, in place, slice by slice. Existing
         labels are preserved: a pixel is written only where ``out == 0`` (or
-        where it already holds this object's label).
+        where it already holds this object's label). With ``axis``: the shape
+        along the axis ``(N, Y, X)``, or the whole stack's ``(..., Y, X)``
+        (e.g. a ``(T, Z, Y, X)`` labels layer), written at ``position``.
     label_id : int or dict, optional
         Single object: the id to write (default: the next free id of ``out``,
         or a bool result when there is no ``out``). Several objects: their
@@ -246,8 +288,9 @@ def propagate(
     Returns
     -------
     PropagationResult
-        ``mask_or_labels`` is ``out`` or a new ``(Z, Y, X)`` array (bool for a
-        single object without ``label_id``, else labels); ``records``; ``cancelled``.
+        ``mask_or_labels`` is ``out`` or a new ``(Z, Y, X)`` array (along
+        ``axis``: ``(N, Y, X)``; bool for a single object without
+        ``label_id``, else labels); ``records``; ``cancelled``.
 
     Raises
     ------
@@ -259,8 +302,9 @@ def propagate(
 
     engine = Engine.create(stack, seeds, predictor, **options)
     ids = _label_ids(engine, out, label_id)
+    full = False
     if out is not None:
-        _check_out(out, engine, ids)
+        full = _check_out(out, engine, ids)
         result = out
     elif ids is None:
         result = np.zeros((engine.info.n_slices, *engine.info.slice_shape), dtype=bool)
@@ -282,7 +326,8 @@ def propagate(
             if ids is None:
                 result[update.z] |= mask
             else:
-                write_object(result, mask, slice_index=(update.z,), label_id=ids[oid])
+                index = engine.slice_index(update.z, full)
+                write_object(result, mask, slice_index=index, label_id=ids[oid])
         records.extend(update.records.values())
         if progress is not None:
             progress(engine.done, engine.total_estimate())

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from napari_sam.model.registry import recommended_propagation
 from napari_sam.normalize import stack_contrast_limits
@@ -29,12 +28,14 @@ from napari_sam.propagation.fade import faded, intensity_plane, object_contrast
 from napari_sam.propagation.inputs import (
     DIRECTIONS,
     StackInfo,
+    along_axis,
     check_stack,
     check_thresholds,
     normalize_seeds,
     normalize_stop_markers,
     normalize_z_range,
 )
+from napari_sam.propagation.masks import iou, keep_connected, nested, shift_mask, step_motion
 from napari_sam.propagation.prompts import (
     Prompt,
     PromptSettings,
@@ -57,9 +58,10 @@ DEFAULT_MAX_GROWTH = 2.0
 #: Default of the "faded" rule (off); models that run past object ends recommend one
 #: in the registry (:attr:`napari_sam.model.registry.ModelInfo.propagation`).
 DEFAULT_FADE_THRESHOLD = 0.0
-#: A mask counts as nested in its predecessor (a shrinking cap, exempt from the IoU
-#: rule) when this share of the smaller one's pixels lies inside the other.
-NESTED_FRACTION = 0.75
+#: Defaults along a time axis (``axis="t"``), instead of the model's z recommendation:
+#: an object moves between frames, so negative points just outside its last mask
+#: land on it, and a point on its interior keeps it (docs/propagation.md, "Tracking").
+TRACKING_DEFAULTS = {"prompt_mode": "box+points+mask", "fade_threshold": 0.0}
 #: Most embeddings kept for fronts that will reach the same slice later.
 MAX_CACHED_EMBEDDINGS = 32
 
@@ -79,6 +81,7 @@ class Options:
     min_area: int
     max_growth: float
     fade_threshold: float = 0.0
+    motion: bool = False
 
 
 @dataclass(eq=False)
@@ -95,6 +98,7 @@ class _Front:
     alive: bool = True
     partner: _Front | None = None  # the front coming from the other side of a gap
     reference_contrast: float = _NAN  # the object's contrast on its keyframe ("faded" rule)
+    velocity: np.ndarray | None = None  # (rows, cols) per step, when following motion
 
     def may_visit(self, z: int) -> bool:
         return self.alive and 0 <= (z - self.next_z) * self.step <= (self.limit - self.next_z) * (
@@ -116,58 +120,6 @@ class _Item:
     @property
     def object_id(self) -> int:
         return self.fronts[0].object_id
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two bool masks (0 when both are empty)."""
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 0.0
-
-
-def _nested(mask: np.ndarray, previous: list[np.ndarray]) -> bool:
-    """True when the smaller of ``mask`` and a previous mask lies mostly inside the other.
-
-    An object's cross-section shrinks fast near its top and bottom (caps): the
-    IoU with the previous slice is then low although the object is the same.
-    Such nested changes are left to the area rules (``min_area``, ``max_growth``).
-    """
-    area = np.count_nonzero(mask)
-    for prev in previous:
-        smaller = min(area, np.count_nonzero(prev))
-        if smaller and np.count_nonzero(mask & prev) >= NESTED_FRACTION * smaller:
-            return True
-    return False
-
-
-def keep_connected(mask: np.ndarray, reference: np.ndarray, margin: int) -> np.ndarray:
-    """Drop the parts of ``mask`` that do not touch ``reference`` grown by ``margin``.
-
-    SAM sometimes adds far-away fragments; an object moves little between
-    neighbouring slices. When no part touches, the mask is returned unchanged
-    (the IoU rule then decides).
-    """
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return mask
-    cols = np.flatnonzero(mask.any(axis=0))
-    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    labelled, n = ndi.label(mask[box])
-    if n <= 1:
-        return mask
-    ref = reference
-    if margin > 0:  # grow the reference only near the mask's bounding box
-        r0, c0 = max(0, rows[0] - margin), max(0, cols[0] - margin)
-        big = (slice(r0, rows[-1] + 1 + margin), slice(c0, cols[-1] + 1 + margin))
-        grown = np.zeros_like(reference)
-        grown[big] = ndi.binary_dilation(reference[big], iterations=margin)
-        ref = grown
-    keep = np.unique(labelled[ref[box] & mask[box]])
-    keep = keep[keep != 0]
-    if keep.size == 0 or keep.size == n:
-        return mask
-    out = np.zeros_like(mask)
-    out[box] = np.isin(labelled, keep)
-    return out
 
 
 def cancel_requested(cancel: Any) -> bool:
@@ -202,6 +154,7 @@ class Engine:
     done: int = 0
     limits_known: bool = False
     _last_read: tuple[int, np.ndarray] | None = None
+    source: Any = None  # the nD array when ``stack`` is an AxisView of it (its limits are used)
 
     # --------------------------------------------------------------- setup
     @classmethod
@@ -224,9 +177,17 @@ class Engine:
         box_margin: float = 0.1,
         n_points: int = 3,
         fade_threshold: float | None = None,
+        axis: Any = None,
+        position: Any = None,
+        motion: bool | None = None,
     ) -> Engine:
+        source = stack if axis is not None or position is not None else None
+        stack = stack if source is None else along_axis(source, axis, position)
         info = check_stack(stack)
+        tracking = source is not None and stack.time
         recommended = recommended_propagation(getattr(predictor, "model_name", None))
+        recommended = TRACKING_DEFAULTS if tracking else recommended
+        motion = tracking if motion is None else bool(motion)
         if prompt_mode is None:
             prompt_mode = recommended.get("prompt_mode", DEFAULT_PROMPT_MODE)
         if fade_threshold is None:
@@ -299,6 +260,7 @@ class Engine:
             min_area=int(min_area),
             max_growth=float(max_growth),
             fade_threshold=float(fade_threshold),
+            motion=motion,
         )
         engine = cls(
             stack=stack,
@@ -311,6 +273,7 @@ class Engine:
             contrast_limits=contrast_limits,
             embeddings=embeddings,
             limits_known=contrast_limits is not None,
+            source=source,
         )
         engine._plan()
         return engine
@@ -349,6 +312,9 @@ class Engine:
     def _add_front(self, oid: int, z: int, step: int, limit: int, edge: str | None) -> _Front:
         seed = self.seeds[oid][z]
         front = _Front(oid, step, z + step, limit, edge, seed)
+        behind = self.seeds[oid].get(z - step)  # a keyframe one step behind gives the motion
+        if self.options.motion and behind is not None:
+            front.velocity = step_motion(behind, seed, None)
         if self.options.fade_threshold > 0:
             front.reference_contrast = object_contrast(self._plane(z), seed)
         self.fronts.append(front)
@@ -382,9 +348,14 @@ class Engine:
     # ----------------------------------------------------------- embedding
     def _limits(self) -> tuple[float, float] | None:
         if not self.limits_known:
-            self.contrast_limits = stack_contrast_limits(self.stack)
+            whole = self.stack if self.source is None else self.source
+            self.contrast_limits = stack_contrast_limits(whole)
             self.limits_known = True
         return self.contrast_limits
+
+    def slice_index(self, z: int, full: bool) -> tuple[int, ...]:
+        """``(z,)``, or with ``full`` slice z's leading indices in the nD ``source``."""
+        return self.stack.index(z) if full and self.source is not None else (z,)
 
     def embedding(self, z: int) -> Any:
         """The embedding of slice ``z``: cache, then ``embeddings``, then ``predictor.embed``."""
@@ -482,7 +453,8 @@ class Engine:
                 records[oid] = SliceRecord(z, oid, _NAN, _NAN, 0, "stop_marker")
                 self._stop(group)
                 continue
-            prev = [g.prev_mask for g in group]
+            prev = [g.prev_mask if g.velocity is None else shift_mask(g.prev_mask, g.velocity)
+                    for g in group]
             union = prev[0] if len(prev) == 1 else np.logical_or(prev[0], prev[1])
             prompt = build_prompt(union, self.options.prompts)
             if prompt is None:
@@ -563,7 +535,7 @@ class Engine:
         elif score < opts.score_threshold:
             status = "low_score"
         elif area > opts.max_growth * prev_area or (
-            overlap < opts.iou_threshold and not _nested(mask, item.prev_masks)
+            overlap < opts.iou_threshold and not nested(mask, item.prev_masks)
         ):
             status = "changed"
         else:
@@ -578,6 +550,8 @@ class Engine:
             return SliceRecord(z, oid, score, float(overlap), area, status), None
         self.accepted[oid].add(z)
         for f in item.fronts:
+            if opts.motion:
+                f.velocity = step_motion(f.prev_mask, mask, f.velocity)
             f.prev_mask = mask
             f.steps += 1
             f.next_z = z + f.step

@@ -57,17 +57,176 @@ def check_stack(stack: Any) -> StackInfo:
     if len(shape) not in (3, 4):
         raise ValueError(
             f"stack has shape {shape}; expected (Z, Y, X) or (Z, Y, X, C). For data with "
-            "more axes (e.g. time) pass one 3D stack, e.g. stack[t]"
+            "more axes (e.g. time) pass axis= and position= (or one 3D stack, e.g. stack[t])"
         )
     if len(shape) == 4 and not 1 <= shape[3] <= 3:
         raise ValueError(
             f"stack has shape {shape}, read as (Z, Y, X, C) with C={shape[3]} channels; SAM "
             "takes at most 3. Choose channels (e.g. stack[..., :3]) or, for (T, Z, Y, X) "
-            "data, pass one time point (stack[t])"
+            "data, pass axis='t' or axis='z' and position=(t, z) of the displayed slice"
         )
     if min(shape) < 1:
         raise ValueError(f"stack has shape {shape}, which is empty")
     return StackInfo(shape[0], (shape[1], shape[2]), shape[3] if len(shape) == 4 else None)
+
+
+#: Axis names of ``axis``: ``"t"`` is the first leading axis, ``"z"`` the last one
+#: (the axis before Y); on a stack with one leading axis both name it.
+AXIS_NAMES = ("t", "z")
+
+
+def split_shape(shape: tuple[int, ...]) -> tuple[int, int | None]:
+    """``(leading axes, channels)`` of an array shape with the slice axes ``(Y, X)`` or
+    ``(Y, X, C)`` last: a last axis of 1-3 on an array of 4 or more axes is channels."""
+    channels = shape[-1] if len(shape) >= 4 and 1 <= shape[-1] <= 3 else None
+    return len(shape) - (3 if channels is not None else 2), channels
+
+
+def resolve_axis(shape: tuple[int, ...], axis: Any) -> int:
+    """The index of the propagation axis ``axis`` (a name of :data:`AXIS_NAMES` or an int)
+    in an array of ``shape``; ``ValueError`` naming the fix for a 2D image, an axis that
+    does not exist, or a displayed (Y, X) or channel axis."""
+    n_lead, channels = split_shape(shape)
+    layout = f"shape {shape}" + (" (..., Y, X, C)" if channels is not None else "")
+    if n_lead < 1:
+        raise ValueError(
+            f"the image has {layout}: one 2D slice, with no axis to propagate or track "
+            f"through (axis={axis!r}); pass a stack such as (Z, Y, X), (T, Y, X) or "
+            "(T, Z, Y, X)"
+        )
+    leading = f"0..{n_lead - 1}" if n_lead > 1 else "0"
+    if isinstance(axis, str):
+        name = axis.strip().lower()
+        if name not in AXIS_NAMES:
+            raise ValueError(
+                f"axis {axis!r} is not an axis name; use 't' (the first leading axis), 'z' "
+                f"(the axis before Y) or an index {leading} for this {layout} stack"
+            )
+        return 0 if name == "t" else n_lead - 1
+    index = as_index(axis, "axis")
+    ndim = len(shape)
+    if not -ndim <= index < ndim:
+        raise ValueError(
+            f"axis {index} does not exist in a stack of {layout} (axes 0..{ndim - 1}); "
+            f"propagate along a leading axis {leading} ('t', 'z')"
+        )
+    index %= ndim
+    if index >= n_lead:
+        what = "the channel axis C" if channels is not None and index == ndim - 1 else (
+            f"{'Y' if index == n_lead else 'X'}, one of the two displayed axes"
+        )
+        raise ValueError(
+            f"axis {axis} is {what} of this {layout} stack; propagation runs along a "
+            f"non-displayed axis: {leading} ('t', 'z')"
+        )
+    return index
+
+
+def check_position(shape: tuple[int, ...], axis: int, position: Any) -> tuple[int, ...]:
+    """The displayed slice's leading indices, one per leading axis (the entry at ``axis``
+    is set to 0: it varies); None is allowed when ``axis`` is the only leading axis."""
+    n_lead, _ = split_shape(shape)
+    if position is None:
+        if n_lead > 1:
+            others = [i for i in range(n_lead) if i != axis]
+            raise ValueError(
+                f"this stack of shape {shape} has {n_lead} leading axes; pass position= "
+                f"with one index per leading axis (the displayed slice, e.g. napari's "
+                f"dims.current_step[:{n_lead}]) to fix axes {others} (the entry along "
+                f"axis {axis} is ignored)"
+            )
+        return (0,) * n_lead
+    try:
+        values = list(position)
+    except TypeError:
+        values = [position]
+    if len(values) != n_lead:
+        raise ValueError(
+            f"position={position!r} has {len(values)} entries; the stack of shape {shape} "
+            f"has {n_lead} leading axes: give one index per leading axis"
+        )
+    out = []
+    for i, v in enumerate(values):
+        if i == axis:
+            out.append(0)
+            continue
+        k = as_index(v, f"position[{i}]")
+        if not 0 <= k < shape[i]:
+            raise ValueError(
+                f"position[{i}] = {k} is outside axis {i} of the stack (0..{shape[i] - 1})"
+            )
+        out.append(k)
+    return tuple(out)
+
+
+class AxisView:
+    """The stack along one axis of an nD array, at fixed indices of the other leading axes.
+
+    ``view[i]`` reads ``array[position with axis = i]`` (one ``(Y, X)`` or
+    ``(Y, X, C)`` slice); a tuple key indexes into that slice further. Shape
+    ``(N, Y, X)`` or ``(N, Y, X, C)``. Lazy: only the slices asked for are read.
+
+    Attributes
+    ----------
+    array : the nD array (numpy, dask or zarr)
+    axis : the propagation axis in ``array``
+    position : the leading indices of the displayed slice (``position[axis]`` unused)
+    time : whether the axis is time (see :func:`along_axis`)
+    """
+
+    def __init__(
+        self, array: Any, axis: int, position: tuple[int, ...], time: bool = False
+    ) -> None:
+        self.array = array
+        self.axis = int(axis)
+        self.time = bool(time)
+        self.position = tuple(int(p) for p in position)
+        full = tuple(int(s) for s in array.shape)
+        n_lead = len(self.position)
+        self.shape = (full[self.axis], *full[n_lead:])
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def index(self, i: int) -> tuple[int, ...]:
+        """The leading indices in :attr:`array` of slice ``i`` of the view."""
+        lead = list(self.position)
+        lead[self.axis] = int(i)
+        return tuple(lead)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rest: tuple = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        i = as_index(key, "slice index")
+        if not -self.shape[0] <= i < self.shape[0]:
+            raise IndexError(f"slice {i} is outside 0..{self.shape[0] - 1}")
+        data = np.asarray(self.array[self.index(i % self.shape[0])])
+        return data[rest] if rest else data
+
+    def __repr__(self) -> str:
+        return f"AxisView(shape={self.shape}, axis={self.axis}, position={self.position})"
+
+
+def along_axis(stack: Any, axis: Any, position: Any) -> AxisView:
+    """A lazy :class:`AxisView` of ``stack`` along ``axis`` (None: ``"z"``) at
+    ``position``, all checked. The axis is *time* when it is named ``"t"``, or given
+    as an index of a stack with several leading axes other than the last (z)."""
+    shape = getattr(stack, "shape", None)
+    if shape is None or not hasattr(stack, "__getitem__"):
+        raise TypeError(
+            f"stack must be an array (numpy, dask or zarr) with the slice axes (Y, X) last, "
+            f"got {type(stack).__name__}"
+        )
+    shape = tuple(int(s) for s in shape)
+    index = resolve_axis(shape, "z" if axis is None else axis)
+    n_lead, _ = split_shape(shape)
+    time = (isinstance(axis, str) and axis.strip().lower() == "t") or (
+        not isinstance(axis, str) and axis is not None and n_lead > 1 and index != n_lead - 1
+    )
+    return AxisView(stack, index, check_position(shape, index, position), time)
 
 
 def as_index(value: Any, what: str) -> int:
