@@ -504,3 +504,30 @@ def test_everything_on_the_whole_stack_needs_a_stack(viewer, disk_predictor):
     ann = Annotator(viewer, image, predictor=disk_predictor)
     assert ann.segment_everything(stack=True, points_per_side=4) is None
     assert ann.everything_layer is None
+
+
+def test_prompts_collected_once_per_click_and_affines_cached(viewer, disk_predictor,
+                                                             monkeypatch):
+    """issue 15: a click collected the prompts 2-3 times, each rebuilding the affines."""
+    import napari_sam.annotation.layer_set as layer_set
+    import napari_sam.annotation.prompt_layers as prompt_layers
+
+    image = viewer.add_image(noise_stack((4, 40, 40)), scale=SCALE, translate=TRANSLATE)
+    ann = Annotator(viewer, image, predictor=disk_predictor, auto_segment=True)
+    viewer.dims.set_current_step(0, 2)
+    ann.embedding((2,))  # cached: the click decodes at once
+    collected, probed = [], []
+    real_collect, real_affine = prompt_layers.collect_slice_prompts, layer_set.layer_affine
+    monkeypatch.setattr(prompt_layers, "collect_slice_prompts",
+                        lambda *a, **k: collected.append(1) or real_collect(*a, **k))
+    monkeypatch.setattr(layer_set, "layer_affine",
+                        lambda *a, **k: probed.append(1) or real_affine(*a, **k))
+    ann.add_point((2, 20, 20))
+    assert ann.preview is not None and len(collected) == 1
+    first = len(probed)
+    ann.add_point((2, 22, 20))
+    assert len(collected) == 2 and len(probed) == first  # transforms not probed again
+    ann.points_layer.translate = (0.0, 1.0, 0.0)  # a transform change: recomputed
+    ann.add_point((2, 25, 20))
+    assert len(probed) > first
+    np.testing.assert_allclose(ann.prompts().objects[0].points[-1], [25, 20])
