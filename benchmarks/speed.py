@@ -4,15 +4,23 @@ Both implementations get identical random vit_b weights and the same
 1024x1024 uint8 RGB slice, in the same process, one after the other, so the
 printed ratios compare like with like on this machine.
 
+Every embedding row also says how far it is from this machine's limit: the
+encoder's FLOPs (counted from the architecture, ``encoder_flops``) per second,
+as a fraction of the measured matrix-product peak of the path's dtype (a
+vit_b-shaped ``nn.Linear``: 4096 tokens, 768 -> 3072, 3072 -> 768, 768 -> 2304;
+the fastest of the three), next to the CPU flags that decide that peak.
+
 Usage::
 
-    .venv/bin/python benchmarks/speed.py [--arch vit_b] [--repeats 3] [--markdown]
+    .venv/bin/python benchmarks/speed.py [--arch vit_b] [--repeats 3] [--threads 2]
     .venv/bin/python benchmarks/speed.py --predict-only --threads 1   # prompt-to-mask rows
+    .venv/bin/python benchmarks/speed.py --peak-only                  # machine and peaks only
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -24,6 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from napari_sam.model.image_encoder import encoder_flops
 from napari_sam.model.sam import CONFIGS, build_sam
 from napari_sam.predictor import Predictor
 from oracle import build_official, official, randomize_
@@ -36,6 +45,74 @@ def timed(fn, repeats: int) -> tuple[float, object]:
         out = fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times), out
+
+
+#: CPU flags that decide the matrix-product peak of each path
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+#: vit_b's linear layers: (tokens, in, out)
+GEMM_SHAPES = ((4096, 768, 3072), (4096, 3072, 768), (4096, 768, 2304))
+
+
+def cpu_description() -> str:
+    """CPU model and which of :data:`FLAGS` it has (Linux ``/proc/cpuinfo``)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "model":
+                    model_number = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+        model = f"{model} (model {model_number})"
+    except (OSError, UnboundLocalError):
+        pass
+    have = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in FLAGS)
+    return f"{model}, {os.cpu_count()} CPUs; {have}"
+
+
+def load_average() -> str:
+    try:
+        return "/".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def matmul_peak(dtype: torch.dtype | str, repeats: int = 5) -> float:
+    """FLOP/s of the fastest vit_b-shaped ``nn.Linear`` in ``dtype`` (or ``"int8"``).
+
+    ``"int8"``: dynamically quantized linear layers, as ``precision="int8"`` runs them.
+    """
+    best = 0.0
+    for tokens, n_in, n_out in GEMM_SHAPES:
+        layer = torch.nn.Linear(n_in, n_out)
+        x = torch.randn(tokens, n_in)
+        if dtype == "int8":
+            from napari_sam.model.quantize import quantize_image_encoder
+
+            layer = quantize_image_encoder(torch.nn.Sequential(layer))[0]
+        else:
+            layer, x = layer.to(dtype), x.to(dtype)
+        with torch.inference_mode():
+            layer(x)  # warm-up
+            t, _ = timed(lambda layer=layer, x=x: layer(x), repeats)
+        best = max(best, 2 * tokens * n_in * n_out / t)
+    return best
+
+
+def measure_peaks(before: dict[str, float] | None = None) -> dict[str, float]:
+    """Print and return :func:`matmul_peak` per path dtype (the higher of this and ``before``)."""
+    dtypes = (("float32", torch.float32), ("bfloat16", torch.bfloat16), ("int8", "int8"))
+    peaks = {name: matmul_peak(dtype) for name, dtype in dtypes}
+    print("matmul peak (vit_b-shaped nn.Linear): " + ", ".join(
+        f"{name} {flops / 1e9:.0f} GFLOP/s" for name, flops in peaks.items()))
+    if before:
+        peaks = {name: max(flops, before[name]) for name, flops in peaks.items()}
+    return peaks
 
 
 def import_time() -> float:
@@ -114,9 +191,19 @@ def main() -> None:
     parser.add_argument(
         "--predict-only", action="store_true", help="only the prompt-to-mask rows"
     )
+    parser.add_argument(
+        "--peak-only", action="store_true", help="only the machine and the matmul peaks"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_before = load_average()
+    print(f"cpu: {cpu_description()}")
+    print(f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"load average (1/5/15 min) {load_before}")
+    peaks = measure_peaks()
+    if args.peak_only:
+        return
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
@@ -162,24 +249,43 @@ def main() -> None:
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     t_off = medians["official set_image, float32"]
     rows = [(name, t, t_off / t) for name, t in medians.items()]
+    # the dtype whose matmul peak each embedding row is measured against
+    peak_of = {
+        "official set_image, float32": "float32",
+        "official set_image, bfloat16 autocast": "bfloat16",
+        "ours embed, exact float32": "float32",
+        f"ours embed, fast ({fast.precision})": fast.precision,
+        "ours embed, int8 linear layers (precision='int8')": "int8",
+    }
+    flops = encoder_flops(ours.image_encoder)
+    print("again after the embeddings: ", end="")
+    peaks = measure_peaks(peaks)
 
     if args.arch == "vit_b" and args.size == 1024:
         rows += mobile_sam_rows(image, args.repeats, t_off)
 
     pred_rows = predict_rows(their_pred, exact, image, point, max(5, args.repeats * 5))
 
-    print(f"machine: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"model: {args.arch} (random weights), slice {args.size}x{args.size} uint8 RGB, "
           f"median of {args.repeats}, interleaved")
+    print("encoder FLOPs (analytic): " + ", ".join(
+        f"{k} {v / 1e9:.1f} G" for k, v in flops.items()))
     print(f"import napari_sam: {import_time() * 1000:.0f} ms")
+    print(f"load average at the end: {load_average()}")
     print()
-    print("| step | seconds | speed-up vs official float32 |")
-    print("|---|---|---|")
+    print("| step | seconds | speed-up vs official float32 | encoder GFLOP/s | of the peak |")
+    print("|---|---|---|---|---|")
     for name, t, ratio in rows:
-        print(f"| {name} | {t:.2f} | {ratio:.2f}x |")
+        peak = peak_of.get(name)
+        if peak in peaks:
+            achieved = flops["total"] / t
+            extra = f"{achieved / 1e9:.0f} | {100 * achieved / peaks[peak]:.0f} % of {peak}"
+        else:
+            extra = " | "
+        print(f"| {name} | {t:.2f} | {ratio:.2f}x | {extra} |")
+    print("(fractions of the higher of the two peak measurements)")
     for name, t, ratio in pred_rows:
-        print(f"| {name} | {t * 1000:.1f} ms | {ratio:.2f}x |")
+        print(f"| {name} | {t * 1000:.1f} ms | {ratio:.2f}x | | |")
 
 
 if __name__ == "__main__":

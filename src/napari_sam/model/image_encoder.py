@@ -314,15 +314,13 @@ def _to_windows(
     heads: int,
     padding_value,
     out: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``qkv`` ``(B, h, w, 3C)`` -> ``(3, B * nh * nw, heads, ws * ws, c)`` in one copy.
 
     Windows that reach past the grid are padded with ``padding_value()`` (``(3C,)``,
     the ``qkv`` of a zero token; called only when there is padding). With ``out``
     (``(3, B * nh * nw, heads, ws * ws, D)``, ``D >= c``) the windows are written
-    into ``out[..., :c]`` and ``out`` is returned. With ``bias`` (``(3C,)``) the
-    copy adds it to every token (``qkv`` is then the product without its bias).
+    into ``out[..., :c]`` and ``out`` is returned.
     """
     b, h, w, c3 = qkv.shape
     nh, nw = -(-h // ws), -(-w // ws)
@@ -333,25 +331,15 @@ def _to_windows(
         win = out.view(3, b, nh, nw, heads, ws, ws, out.shape[-1])[..., :c]
     grid = win.permute(1, 2, 5, 3, 6, 0, 4, 7)  # (B, nh, ws, nw, ws, 3, heads, c)
     src = qkv.view(b, h, w, 3, heads, c)
-
-    if bias is None:
-        def put(dst, values):
-            dst.copy_(values)
-    else:
-        token_bias = bias.view(3, heads, c)
-
-        def put(dst, values):
-            torch.add(values, token_bias, out=dst)
-
     hf, wf = h // ws, w // ws  # whole windows
     rh, rw = h - hf * ws, w - wf * ws  # rows / columns of the partial last windows
-    put(grid[:, :hf, :, :wf], src[:, : hf * ws, : wf * ws].view(b, hf, ws, wf, ws, 3, heads, c))
+    grid[:, :hf, :, :wf] = src[:, : hf * ws, : wf * ws].view(b, hf, ws, wf, ws, 3, heads, c)
     if rh:
-        put(grid[:, hf, :rh, :wf], src[:, hf * ws :, : wf * ws].view(b, rh, wf, ws, 3, heads, c))
+        grid[:, hf, :rh, :wf] = src[:, hf * ws :, : wf * ws].view(b, rh, wf, ws, 3, heads, c)
     if rw:
-        put(grid[:, :hf, :, wf, :rw], src[:, : hf * ws, wf * ws :].view(b, hf, ws, rw, 3, heads, c))
+        grid[:, :hf, :, wf, :rw] = src[:, : hf * ws, wf * ws :].view(b, hf, ws, rw, 3, heads, c)
     if rh and rw:
-        put(grid[:, hf, :rh, wf, :rw], src[:, hf * ws :, wf * ws :])
+        grid[:, hf, :rh, wf, :rw] = src[:, hf * ws :, wf * ws :]
     if rh or rw:
         fill = padding_value().view(3, heads, c)
         if rh:
@@ -491,11 +479,11 @@ class Block(nn.Module):
         flat = x.view(-1, c)
         n = flat.shape[0]
         normed = workspace.get("norm", (n, c), dtype)
-        normed.copy_(workspace.layer_norm("norm32", flat, self.norm1))
-        # qkv without its bias: the bias is added while copying into the attention buffer
+        normed.copy_(F.layer_norm(flat, (c,), self.norm1.weight, self.norm1.bias, self.norm1.eps))
         qkv_bias = weights["qkv.bias"]
-        qkv = torch.mm(
-            normed, weights["qkv.weight"].t(), out=workspace.get("qkv", (n, 3 * c), dtype)
+        qkv = torch.addmm(
+            qkv_bias, normed, weights["qkv.weight"].t(),
+            out=workspace.get("qkv", (n, 3 * c), dtype),
         ).view(b, h, w, 3 * c)
         ah, aw = (self.window_size,) * 2 if self.window_size > 0 else (h, w)
         rel = attn.use_rel_pos
@@ -516,17 +504,13 @@ class Block(nn.Module):
             buffer = workspace.prepared(
                 "attn.windows", (3, b * nh * nw, heads, ws * ws, d), dtype, init
             )
-            _to_windows(qkv, ws, heads, lambda: qkv_bias, out=buffer, bias=qkv_bias)
+            _to_windows(qkv, ws, heads, lambda: qkv_bias, out=buffer)
             out = augmented_attention(buffer, hc, (ws, ws), *tables, attn.scale)
             out = out.view(b, nh, nw, heads, ws, ws, hc).permute(0, 1, 4, 2, 5, 3, 6)
             out = out.reshape(b, nh * ws, nw * ws, heads, hc)[:, :h, :w]
         else:
             buffer = workspace.prepared("attn.global", (3, b, heads, h * w, d), dtype, init)
-            torch.add(
-                qkv.view(b, h * w, 3, heads, hc).permute(2, 0, 3, 1, 4),
-                qkv_bias.view(3, 1, heads, 1, hc),
-                out=buffer[..., :hc],
-            )
+            buffer[..., :hc].copy_(qkv.view(b, h * w, 3, heads, hc).permute(2, 0, 3, 1, 4))
             out = augmented_attention(buffer, hc, (h, w), *tables, attn.scale)
             out = out.transpose(1, 2)  # (B, h * w, heads, c)
         heads_out = workspace.get("heads", (n, c), dtype)
@@ -534,7 +518,7 @@ class Block(nn.Module):
         projected = workspace.get("proj", (n, c), dtype)
         torch.addmm(weights["proj.bias"], heads_out, weights["proj.weight"].t(), out=projected)
         flat.add_(projected)
-        normed.copy_(workspace.layer_norm("norm32", flat, self.norm2))
+        normed.copy_(F.layer_norm(flat, (c,), self.norm2.weight, self.norm2.bias, self.norm2.eps))
         hidden = torch.addmm(
             weights["lin1.bias"], normed, weights["lin1.weight"].t(),
             out=workspace.get("hidden", (n, weights["lin1.weight"].shape[0]), dtype),
