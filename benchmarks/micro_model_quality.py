@@ -135,7 +135,9 @@ def stress_sweep(
         worst_b = min(valid, key=lambda c: valid[c]["box"])
         # the annotator's default normalization (robust, "auto") ignores display
         # windows: its worst case is over the conditions that change the image
-        image_only = {c: r for c, r in valid.items() if not c.startswith("window_")}
+        image_only = {
+            c: r for c, r in valid.items() if STRESS_CONDITIONS[c].window == "auto"
+        }
         worst_pi = min(image_only, key=lambda c: image_only[c]["point"])
         worst_bi = min(image_only, key=lambda c: image_only[c]["box"])
         summary[name] = {
