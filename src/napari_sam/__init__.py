@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "EmbeddingStore": "napari_sam.store",
     "embed_stack": "napari_sam.store",
     "adapt": "napari_sam.adaptation",
+    "find_similar": "napari_sam.similar",
     "AdaptationResult": "napari_sam.adaptation",
 }
 
@@ -46,6 +47,7 @@ __all__ = [
     "adapt",
     "available_models",
     "embed_stack",
+    "find_similar",
     "load_model",
     "propagate",
     "segment_everything",
@@ -67,6 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover
         segment_slice,
     )
     from napari_sam.propagation import propagate
+    from napari_sam.similar import find_similar
     from napari_sam.store import EmbeddingStore, embed_stack
 
 
