@@ -183,3 +183,26 @@ def test_bad_input_along_axis():
     # without an axis a (T, Z, Y, X) stack says how to choose one
     with pytest.raises(ValueError, match="pass axis='t' or axis='z' and position"):
         propagate(four, seed, oracle)
+
+
+def test_micro_tracks_moving_nuclei_over_20_frames():
+    """The bundled model: every nucleus inside frame 0 of a generated time-lapse
+    (benchmarks/tracking.py, seed 1), clicked once, keeps its id on >= 90 % of the
+    frames where it is visible, and no frame after it left carries its id."""
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from tracking import moving_nuclei, track_scene
+
+    from napari_sam.predictor import Predictor
+
+    images, truth = moving_nuclei(20, (128, 128), seed=1)
+    assert images.shape == (20, 128, 128)
+    predictor = Predictor("micro", device="cpu", precision="float32")
+    rows = track_scene(predictor, images, truth, min_area=30)
+    assert len(rows) >= 3
+    for row in rows:
+        assert row["kept"] >= 0.9 * row["frames"], row
+        assert row["past_exit"] == 0
