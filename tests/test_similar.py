@@ -238,3 +238,14 @@ def _on(labels: np.ndarray, masks: list[np.ndarray]) -> list[int]:
     area = np.bincount(labels.ravel())
     over = np.bincount(labels[taken].ravel(), minlength=len(area))
     return [i for i in range(1, len(area)) if area[i] and over[i] > 0.2 * area[i]]
+
+
+def test_similar_imports_no_gui_and_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_sam.similar, napari_sam.similar_stack; "
+            "print([m for m in ('torch', 'napari', 'qtpy', 'PyQt6') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
