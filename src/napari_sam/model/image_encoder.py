@@ -548,6 +548,13 @@ class Block(nn.Module):
         return out.reshape(b, nh * ws, nw * ws, -1)[:, :h, :w]
 
 
+def _cpu_autocast_dtype() -> torch.dtype | None:
+    """The dtype of CPU autocast if it is on, else None (any torch >= 2.1)."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
 class ImageEncoderViT(nn.Module):
     """ViT backbone: ``(B, 3, S, S)`` normalized image -> ``(B, out_chans, S/16, S/16)``."""
 
@@ -603,8 +610,7 @@ class ImageEncoderViT(nn.Module):
         if (
             x.device.type != "cpu"
             or torch.is_grad_enabled()
-            or not torch.is_autocast_enabled("cpu")
-            or torch.get_autocast_dtype("cpu") != torch.bfloat16
+            or _cpu_autocast_dtype() != torch.bfloat16
             or not self.blocks
             or not all(block.has_plain_layers() for block in self.blocks)
         ):
