@@ -62,6 +62,10 @@ def main() -> None:
         "'auto', the default: the model's, micro 0.5)",
     )
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--weights", default=None,
+        help="a micro checkpoint to test (default: the bundled one); micro's options apply",
+    )
     args = ap.parse_args()
 
     import torch
@@ -72,6 +76,11 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     predictor = Predictor("micro", precision="float32")
+    if args.weights:  # a candidate for the bundled model: same name, so micro's options apply
+        from napari_sam.model.checkpoint import model_from_state_dict, read_state_dict
+
+        candidate = model_from_state_dict(read_state_dict(args.weights))
+        predictor.model.load_state_dict(candidate.state_dict())
     print(
         f"micro, {args.size} x {args.size}, points_per_side {args.points_per_side}, "
         f"pred_iou_thresh {args.pred_iou_thresh}, stability {args.stability_thresh}, "
