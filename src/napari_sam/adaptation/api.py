@@ -84,12 +84,13 @@ def adapt(
     seed : makes the run reproducible (the split, crops, prompts); runs are
         identical whenever ``steps`` fit in the time limit (``report.stopped_by``)
     progress : ``progress(done, total)`` after the base check, each step and the
-        final check (``total`` may shrink once when the time limit shortens the plan)
+        final check (``total`` follows the plan, which is fitted to the time limit
+        after steps 2, 5, 10, 20, ...)
     cancel : a callable returning True (or an Event) to stop; polled before each
         step and each checked slice. A cancelled run raises
         :class:`~napari_sam.adaptation.Cancelled`; nothing is changed or saved
     ids : adapt on these object ids only (e.g. those committed in this session)
-    steps : optimizer steps (default ``settings.steps``, 60); set it in tests
+    steps : optimizer steps (default ``settings.steps``, 120); set it in tests
     settings : the recipe, :class:`~napari_sam.adaptation.AdaptSettings`
     embeddings : ``embeddings(image_index, z) -> embedding or None``: embeddings
         of the base model already computed (the annotator's cache; ``z`` is None

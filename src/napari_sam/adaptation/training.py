@@ -49,7 +49,7 @@ class AdaptSettings:
     threads : torch threads during adaptation (restored afterwards); None keeps torch's
     """
 
-    steps: int = 60
+    steps: int = 120
     crops_per_step: int = 2
     objects_per_crop: int = 8
     lr: float = 2e-4
@@ -272,8 +272,9 @@ def fine_tune(
     batches : ``batches(rng) -> (scenes, features or None)`` for one step
     settings : the recipe
     deadline : ``time.perf_counter()`` value by which training must end; after
-        two steps the plan is shortened to what fits (deterministic whenever
-        ``settings.steps`` fit)
+        steps 2, 5, 10, 20, ... the plan (and the learning-rate schedule) is
+        fitted to the time left, at most ``settings.steps`` (deterministic
+        whenever ``settings.steps`` fit)
     seed : seeds the prompt simulation's torch generator
     rng : numpy generator of the run (crops, prompt kinds)
     progress : ``progress(done, planned)`` after each step

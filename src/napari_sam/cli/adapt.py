@@ -39,7 +39,9 @@ def register(sub) -> None:
         help="intensity range mapped to black and white, as in napari "
         "[robust percentiles; one range for a stack]",
     )
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps [60]")
+    p.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps [120; fewer if time runs out]"
+    )
     p.add_argument(
         "--holdout", type=float, default=0.2, help="share of objects held back for the check [0.2]"
     )
