@@ -38,6 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam._file_errors import (
+    KINDS,
+    UnreadableFile,
+    check_file,
+    check_tiff_complete,
+    check_zarr_folder,
+    load_npy,
+    reading_tiff,
+)
 from napari_sam.prompt_files import (
     PROMPT_FORMAT,
     PROMPT_VERSION,
@@ -55,6 +64,7 @@ __all__ = [
     "SHAPE_TYPES",
     "PromptSet",
     "TiffInfo",
+    "UnreadableFile",
     "load_prompts",
     "read_image",
     "read_labels_tiff",
@@ -84,13 +94,6 @@ def _tifffile():
     import tifffile
 
     return tifffile
-
-
-def _existing(path: PathLike, what: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{what} not found: {str(p)!r}")
-    return p
 
 
 # --------------------------------------------------------------------------
@@ -326,11 +329,14 @@ def read_tiff_info(path: PathLike) -> TiffInfo:
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the stored napari_sam record is malformed.
+        If the stored napari_sam record is malformed, or the file is not a
+        readable TIFF (a folder, empty, truncated, damaged, another format).
     """
     tifffile = _tifffile()
-    path = _existing(path, "TIFF file")
-    with tifffile.TiffFile(path) as tif:
+    path = Path(path)
+    size = check_file(path, KINDS[".tif"])
+    with reading_tiff(path), tifffile.TiffFile(path) as tif:
+        check_tiff_complete(tif, path, size)
         series = tif.series[0]
         shape = tuple(int(s) for s in series.shape)
         axes = str(series.axes)
@@ -421,13 +427,65 @@ def read_labels_tiff(path: PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
     ------
     FileNotFoundError
         If ``path`` does not exist.
+    ValueError
+        The file is not a readable TIFF (see :func:`read_tiff_info`), or its
+        pixels are not labels: float values that are not whole numbers, NaN or
+        infinite. Whole-number floats (as some tools save labels) are accepted
+        and converted to the smallest integer type that holds them, with a
+        ``UserWarning`` saying so.
     """
     tifffile = _tifffile()
     info = read_tiff_info(path)
-    data = tifffile.imread(Path(path))
+    with reading_tiff(Path(path)):
+        data = tifffile.imread(Path(path))
     if data.shape != info.shape:
         data = data.reshape(info.shape)
-    return data, info.scale
+    return _as_labels(data, Path(path)), info.scale
+
+
+def _as_labels(data: np.ndarray, path: Path) -> np.ndarray:
+    """Integer labels of ``data``; whole-number floats converted (with a warning), else refused."""
+    kind = data.dtype.kind
+    if kind in "iub":
+        return data.astype(np.uint8) if kind == "b" else data
+    if kind != "f":
+        raise ValueError(
+            f"{str(path)!r} holds {data.dtype} pixels, not labels; labels are integers "
+            "(0 = background, 1, 2, ... = objects)"
+        )
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise ValueError(
+            f"{str(path)!r} holds float pixels with NaN or infinite values, not labels; "
+            "labels are whole numbers (0 = background, 1, 2, ... = objects)"
+        )
+    whole = data == np.round(data)
+    if not whole.all():
+        example = float(data[~whole].flat[0])
+        raise ValueError(
+            f"{str(path)!r} holds {data.dtype} pixels that are not whole numbers (e.g. "
+            f"{example!r}): an intensity image, not labels? Labels are integers "
+            "(0 = background, 1, 2, ... = objects)"
+        )
+    low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    candidates = (np.uint8, np.uint16, np.uint32, np.uint64) if low >= 0 else (
+        np.int8, np.int16, np.int32, np.int64)
+    dtype = next((t for t in candidates if np.iinfo(t).min <= low and high <= np.iinfo(t).max),
+                 None)
+    if dtype is None or high >= 2.0**53:
+        raise ValueError(
+            f"{str(path)!r} holds {data.dtype} label values up to {high:g}, beyond what floats "
+            "hold exactly; save the labels as integers"
+        )
+    import warnings
+
+    warnings.warn(
+        f"{str(path)!r} stores labels as {data.dtype}; they are whole numbers and were "
+        f"converted to {np.dtype(dtype).name}",
+        UserWarning,
+        stacklevel=3,
+    )
+    return data.astype(dtype)
 
 
 # --------------------------------------------------------------------------
@@ -455,6 +513,8 @@ def _zarr_array(group: Any, path: Path) -> Any:
     arrays = [name for name, _ in group.arrays()]
     if len(arrays) == 1:
         return group[arrays[0]]
+    if not arrays:
+        raise ValueError(f"{str(path)!r} is a zarr group without arrays: it holds no image")
     raise ValueError(
         f"{str(path)!r} is a zarr group with arrays {sorted(arrays)} and no OME-NGFF "
         f"'multiscales'; open the wanted array with zarr.open({str(path)!r})[name]"
@@ -486,8 +546,11 @@ def read_image(path: PathLike, *, lazy: bool | None = None) -> Any:
     Raises
     ------
     ValueError
-        Unsupported extension (lists the supported ones), or a zarr group
-        with no single array to choose.
+        Unsupported extension (lists the supported ones), a zarr group with
+        no single array to choose, or a file that cannot be read: a folder
+        given for a file, an empty, truncated or damaged file, another format
+        under the extension, a folder that is not a zarr store (the message
+        names the file and the problem).
     FileNotFoundError
         If ``path`` does not exist.
     """
@@ -498,19 +561,29 @@ def read_image(path: PathLike, *, lazy: bool | None = None) -> Any:
             f"unsupported image file {str(path)!r} (extension {ext or 'none'!r}); "
             f"supported: {', '.join(IMAGE_EXTENSIONS)}"
         )
-    path = _existing(path, "image file")
     if ext == ".zarr":
         import zarr
 
-        return _zarr_array(zarr.open(str(path), mode="r"), path)
+        check_zarr_folder(path)
+        try:
+            node = zarr.open(str(path), mode="r")
+        except Exception as err:  # zarr's errors on damaged metadata vary by version
+            raise ValueError(
+                f"cannot open the zarr store {str(path)!r}: {type(err).__name__}: {err}"
+            ) from err
+        return _zarr_array(node, path)
+    size = check_file(path, KINDS[ext])
     if lazy is None:
-        lazy = path.stat().st_size > LAZY_THRESHOLD_BYTES
+        lazy = size > LAZY_THRESHOLD_BYTES
     if ext == ".npy":
-        return np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
+        return load_npy(path, lazy)
     tifffile = _tifffile()
-    if not lazy:
-        return tifffile.imread(path)
-    import zarr
+    with reading_tiff(path):
+        with tifffile.TiffFile(path) as tif:
+            check_tiff_complete(tif, path, size)
+        if not lazy:
+            return tifffile.imread(path)
+        import zarr
 
-    store = tifffile.imread(path, aszarr=True)
-    return _zarr_array(zarr.open(store, mode="r"), path)
+        store = tifffile.imread(path, aszarr=True)
+        return _zarr_array(zarr.open(store, mode="r"), path)

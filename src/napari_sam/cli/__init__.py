@@ -38,6 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"napari-sam {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file or folder the system refused: one line, no traceback
+        from napari_sam.cli._common import describe_os_error
+
+        print(f"napari-sam {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"napari-sam {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -68,7 +68,7 @@ def dice(a, b) -> float:
 def run(args) -> int:
     import numpy as np
 
-    from napari_sam.cli._common import progress_printer
+    from napari_sam.cli._common import check_device_option, check_output_folder, progress_printer
     from napari_sam.cli._overview import ObjectRow, write_overview
     from napari_sam.io import write_labels_tiff
     from napari_sam.masks import keep_prompted_parts
@@ -76,6 +76,8 @@ def run(args) -> int:
     from napari_sam.propagation import propagate
     from napari_sam.synthetic import sample_nuclei_stack
 
+    check_output_folder(args.out)  # before computing: the results would be lost
+    check_device_option(args.device)
     stack, truth = sample_nuclei_stack()
     predictor = make_predictor(args)
     limits = stack_intensity_range(stack)

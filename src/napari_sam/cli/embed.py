@@ -102,7 +102,7 @@ def register(sub) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from napari_sam.cli._common import UserError
+    from napari_sam.cli._common import UserError, check_device_option, check_store_path
 
     if args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
@@ -112,6 +112,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--max-slices must be >= 0, got {args.max_slices}")
     if not os.path.exists(args.stack):
         raise FileNotFoundError(f"image file not found: {args.stack!r}")
+    check_device_option(args.device)
+    check_store_path(args.out)
 
 
 def _warn_damage(message: str) -> None:
@@ -163,6 +165,9 @@ def _run_distributed(args: argparse.Namespace, progress):
             )
     from distributed import Client, LocalCluster
 
+    from napari_sam.cli._common import check_dask_scratch
+
+    check_dask_scratch()  # a worker that cannot write its scratch space never starts
     n = args.workers
     with (
         LocalCluster(

@@ -147,12 +147,19 @@ def _params(args: argparse.Namespace) -> dict:
 
 
 def run(args) -> int:
-    from napari_sam.cli._common import UserError, progress_printer
+    from napari_sam.cli._common import (
+        UserError,
+        check_device_option,
+        check_output_file,
+        progress_printer,
+    )
     from napari_sam.everything import segment_everything, segment_everything_stack
     from napari_sam.everything._params import EverythingParams
     from napari_sam.io import read_image, write_labels_tiff
 
     EverythingParams(**_params(args))  # fail on bad options before loading anything
+    check_output_file(args.out)  # before computing: the result would be lost
+    check_device_option(args.device)
     image = read_image(args.image)
     shape = tuple(int(s) for s in image.shape)
     kind = image_kind(shape)

@@ -286,10 +286,17 @@ def seeds_from_points(
 
 
 def run(args) -> int:
-    from napari_sam.cli._common import UserError, progress_printer
+    from napari_sam.cli._common import (
+        UserError,
+        check_device_option,
+        check_output_file,
+        progress_printer,
+    )
     from napari_sam.io import read_image, read_labels_tiff, read_points_csv, write_labels_tiff
     from napari_sam.propagation import parse_prompt_mode, propagate, stack_contrast_limits
 
+    check_output_file(args.out)  # before computing: the result would be lost
+    check_device_option(args.device)
     if args.prompt_mode is not None:
         parse_prompt_mode(args.prompt_mode)  # fail before loading anything heavy
     stack = read_image(args.stack)
