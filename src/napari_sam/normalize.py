@@ -124,19 +124,26 @@ def to_rgb_float(
     """Map a validated slice to float32 ``(H, W, 3)`` in ``[0, 255]``.
 
     Grayscale is repeated to 3 channels; 2 channels get an empty third.
-    NaN and inf are replaced by the low end of the range (with a warning);
-    a constant image maps to zeros (with a warning).
+    NaN and -inf are set to the low end of the range, +inf to the high end
+    (with a warning); a constant image maps to zeros (with a warning). Data
+    whose values or contrast limits lie beyond float32's range is normalized
+    in float64 (with a warning), so large values are not lost to overflow.
     """
     image = validate_slice(image)
-    data = image.astype(np.float32, copy=False) if image.dtype != np.float32 else image
+    limits = contrast_limits if contrast_limits is not None else default_range(image)
+    work = _working_dtype(image, limits)
+    data = image.astype(work, copy=False)
     non_finite = ~np.isfinite(data) if data.dtype.kind == "f" else None
     if non_finite is not None and non_finite.any():
+        n_nan = int(np.isnan(data).sum())
+        n_pos = int(np.isposinf(data).sum())
+        n_bad = int(non_finite.sum())
         warnings.warn(
-            f"image has {int(non_finite.sum())} NaN/inf values; they are set to the lowest "
-            "intensity of the range",
+            f"image has {n_bad} NaN/inf values ({n_nan} NaN, {n_bad - n_nan} infinite): NaN "
+            f"and -inf are set to the lowest intensity of the range, +inf ({n_pos}) to the "
+            "highest",
             stacklevel=3,
         )
-    limits = contrast_limits if contrast_limits is not None else default_range(image)
     if data.ndim == 2:
         data = data[..., None]
     channels = []
@@ -148,12 +155,45 @@ def to_rgb_float(
             warnings.warn(f"image is constant (value {low:g}): nothing to segment", stacklevel=3)
             channels.append(np.zeros(data.shape[:2], np.float32))
             continue
-        chan = (data[..., c] - np.float32(low)) * np.float32(255.0 / (high - low))
-        if non_finite is not None:
-            chan = np.where(np.isfinite(chan), chan, 0.0)
-        channels.append(np.clip(chan, 0.0, 255.0, dtype=np.float32))
+        chan = (data[..., c] - work(low)) * work(255.0 / (high - low))
+        if non_finite is not None:  # +inf -> 255 by the clip; NaN and -inf -> 0
+            chan = np.where(np.isnan(chan) | np.isneginf(chan), 0.0, chan)
+        channels.append(np.clip(chan, 0.0, 255.0).astype(np.float32, copy=False))
     if len(channels) == 1:
         channels = channels * 3
     elif len(channels) == 2:
         channels.append(np.zeros_like(channels[0]))
     return np.stack(channels, axis=-1)
+
+
+#: Largest finite float32.
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _working_dtype(image: np.ndarray, limits: tuple[float, float] | None) -> type:
+    """float32, or float64 when the data or the limits go beyond float32 (said in a warning)."""
+    big = limits is not None and max(abs(float(v)) for v in limits) > _F32_MAX / 2
+    if image.dtype.kind == "f" and image.dtype.itemsize > 4:
+        finite = image[np.isfinite(image)]
+        peak = float(np.abs(finite).max()) if finite.size else 0.0
+        big = big or peak > _F32_MAX / 2
+        if big:
+            warnings.warn(
+                f"image values or contrast limits reach {max(peak, _limit_peak(limits)):.3g}, "
+                "near or beyond float32's largest value (3.4e38): the slice is normalized in "
+                "float64",
+                stacklevel=4,
+            )
+        return np.float64 if big else np.float32
+    if big:
+        warnings.warn(
+            f"contrast limits {tuple(limits)} go near or beyond float32's largest value "
+            "(3.4e38): the slice is normalized in float64",
+            stacklevel=4,
+        )
+        return np.float64
+    return np.float32
+
+
+def _limit_peak(limits: tuple[float, float] | None) -> float:
+    return 0.0 if limits is None else max(abs(float(v)) for v in limits)

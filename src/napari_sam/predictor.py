@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from napari_sam.prompt_checks import check_box, check_points
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -224,6 +226,9 @@ class Predictor:
             self.model = model.eval()
             self.model_name = type(model).__name__
         else:
+            from napari_sam.prompt_checks import check_device
+
+            check_device(device)  # "cuda" on a CPU-only torch: a message, not an AssertionError
             self.model = load_model(model, device)
             self.model_name = os.fspath(model)
         self.device = self.model.device
@@ -383,47 +388,6 @@ class Predictor:
         )
 
     # ---------------------------------------------------------------- predict
-    def _check_points(self, emb: Embedding, points, labels) -> tuple[np.ndarray, np.ndarray]:
-        pts = np.asarray(points, dtype=np.float64)
-        if pts.ndim == 1 and pts.size == 2:
-            pts = pts[None]
-        if pts.ndim != 2 or pts.shape[1] != 2:
-            raise ValueError(f"points must have shape (N, 2) as (row, col), got {pts.shape}")
-        if labels is None:
-            lab = np.ones(len(pts), dtype=np.int64)
-        else:
-            lab = np.asarray(labels).astype(np.int64).ravel()
-            if lab.shape[0] != pts.shape[0]:
-                raise ValueError(
-                    f"got {pts.shape[0]} points but {lab.shape[0]} labels; give one label "
-                    "(1 positive, 0 negative) per point"
-                )
-            if not np.isin(lab, (0, 1)).all():
-                raise ValueError(f"labels must be 1 (positive) or 0 (negative), got {lab}")
-        h, w = emb.original_size
-        outside = (pts[:, 0] < 0) | (pts[:, 0] > h - 1) | (pts[:, 1] < 0) | (pts[:, 1] > w - 1)
-        if outside.any():
-            raise ValueError(
-                f"points {pts[outside].tolist()} (row, col) are outside the {h}x{w} slice"
-            )
-        return pts, lab
-
-    def _check_box(self, emb: Embedding, box) -> np.ndarray:
-        b = np.asarray(box, dtype=np.float64).ravel()
-        if b.shape != (4,):
-            raise ValueError(
-                f"box must be (row_min, col_min, row_max, col_max), got shape {np.shape(box)}"
-            )
-        if b[2] <= b[0] or b[3] <= b[1]:
-            raise ValueError(
-                f"box {b.tolist()} is empty or inverted: need row_min < row_max and "
-                "col_min < col_max (order: row_min, col_min, row_max, col_max)"
-            )
-        h, w = emb.original_size
-        if b[2] < 0 or b[3] < 0 or b[0] > h - 1 or b[1] > w - 1:
-            raise ValueError(f"box {b.tolist()} lies outside the {h}x{w} slice")
-        return np.clip(b, 0, [h - 1, w - 1, h - 1, w - 1])
-
     def mask_prompt(self, emb: Embedding, mask: np.ndarray) -> np.ndarray:
         """A mask prompt as low-res logits ``(h, w)``.
 
@@ -493,29 +457,33 @@ class Predictor:
         """Masks for B objects in one decoder call (all prompts of one kind per call).
 
         ``points`` is ``(B, N, 2)`` (same N for every object), ``labels`` ``(B, N)``,
-        ``boxes`` ``(B, 4)``, ``masks`` B mask prompts. Returns B predictions. With
+        ``boxes`` ``(B, 4)``, ``masks`` B mask prompts. Returns B predictions (none
+        for B = 0). NaN or infinite coordinates, points outside the slice and
+        objects without any prompt (``N = 0`` and no box or mask) raise
+        ``ValueError``. With
         ``upscale=False`` the predictions' ``masks`` are the low-res masks (logits > 0)
         and can be upscaled later with :meth:`upscale`.
         """
         import torch
 
-        if labels is not None and points is None:
-            raise ValueError("labels were given without points")
-        if points is None and boxes is None and masks is None:
-            raise ValueError("no prompt: give points, a box or a mask")
-        sizes = {len(x) for x in (points, boxes, masks) if x is not None}
-        if len(sizes) != 1:
-            raise ValueError(f"points, boxes and masks must have the same batch size: {sizes}")
-        (bsz,) = sizes
+        from napari_sam.prompt_checks import check_batch
+
+        points, labels, bsz = check_batch(points, labels, boxes, masks)
+        if bsz == 0:  # no objects: no predictions
+            return []
         from napari_sam.tiling import TiledEmbedding, predict_tiled
 
+        size = tuple(embedding.original_size)
+        if points is not None:  # NaN, inf, outside the slice: refused before any decoding
+            label_list = labels if labels is not None else [None] * bsz
+            checked = [check_points(p, l, size) for p, l in zip(points, label_list)]
+        if boxes is not None:
+            checked_boxes = np.stack([check_box(b, size) for b in boxes])
         if isinstance(embedding, TiledEmbedding):
             return predict_tiled(self, embedding, points, labels, boxes, masks, multimask)
         dev = self.device
         pt = None
         if points is not None:
-            label_list = labels if labels is not None else [None] * bsz
-            checked = [self._check_points(embedding, p, l) for p, l in zip(points, label_list)]
             if len({c[0].shape[0] for c in checked}) != 1:
                 raise ValueError("every object in a batch needs the same number of points")
             coords = np.stack([embedding.to_model_frame(c[0]) for c in checked])
@@ -526,7 +494,6 @@ class Predictor:
             )
         bx = None
         if boxes is not None:
-            checked_boxes = np.stack([self._check_box(embedding, b) for b in boxes])
             corners = embedding.to_model_frame(checked_boxes.reshape(-1, 2, 2)).reshape(-1, 4)
             bx = torch.as_tensor(corners, dtype=torch.float32, device=dev)
         mk = None

@@ -163,7 +163,17 @@ def plan_tiles(
     tile : model input size (tile side)
     overlap : overlap of neighbouring tiles; default a quarter of the tile
     threshold : tile only when ``max(H, W) > threshold * tile``
+
+    Raises
+    ------
+    ValueError
+        ``shape`` has fewer than 2 axes (a 1-D image is not a slice).
     """
+    if len(shape) < 2:
+        raise ValueError(
+            f"expected one 2D slice, shape (H, W) or (H, W, C), got shape {tuple(shape)}; "
+            "a 1-D image is not a slice (reshape it to (1, N) if it is one row)"
+        )
     h, w = int(shape[0]), int(shape[1])
     if max(h, w) <= threshold * tile:
         return None
