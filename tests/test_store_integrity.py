@@ -237,3 +237,15 @@ def test_newer_store_version_is_refused_clearly(stack, tmp_path):
     (path / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(NotAStoreError, match=r"version 4, newer than .* \(3\); update"):
         EmbeddingStore.open(path)
+
+
+def test_damaged_flag_chunk_reads_as_not_computed(stack, tmp_path):
+    path = tmp_path / "e.zarr"
+    embed_stack(stack, StandIn(), path)
+    (flag,) = [p for p in (path / "done" / "c" / "3").rglob("*") if p.is_file()]
+    flag.write_bytes(b"\x00garbage")
+    store = EmbeddingStore.open(path)
+    assert not store.has(3) and store.missing() == [(3,)]
+    predictor = StandIn()
+    assert embed_missing(store, stack, predictor).computed == 1 and predictor.calls == [3]
+    assert store.check_slice(3) is None
