@@ -271,7 +271,7 @@ def _pred(sizes, scores):
 
 
 def test_preview_starts_at_the_best_and_cycles_by_score():
-    preview = Preview((3,), (_pred([2, 6, 4], [0.5, 0.9, 0.7]),))
+    preview = Preview((3,), (_pred([3, 6, 4], [0.5, 0.9, 0.7]),))
     assert preview.choices == (1,) and preview.n_candidates == 3
     seen = []
     for _ in range(4):
@@ -279,6 +279,37 @@ def test_preview_starts_at_the_best_and_cycles_by_score():
         preview = preview.next_candidate()
     assert seen == [1, 2, 0, 1]
     assert preview.scores == [0.7]
+
+
+def test_empty_candidates_are_skipped_and_named():
+    from napari_sam.annotation.preview import MIN_OBJECT_PIXELS
+
+    # the best-scoring candidate is empty: the best non-empty one is shown
+    preview = Preview((3,), (_pred([0, 5, 2], [0.9, 0.6, 0.7]),),
+                      prompts=(ObjectPrompt(np.array([[1.0, 2.0]]), np.array([1])),))
+    assert preview.choices == (1,) and preview.empty == (False,)
+    assert preview.n_shown_candidates == 1 and preview.next_candidate().choices == (1,)
+    assert preview.empty_message("z=3") is None
+    # every candidate empty: "no object found" with the place, nothing to commit
+    nothing = Preview((3,), (_pred([0, 2, 1], [0.9, 0.6, 0.7]),),
+                      prompts=(ObjectPrompt(np.array([[1.0, 2.0]]), np.array([1])),))
+    assert nothing.empty == (True,) and nothing.areas[0] < MIN_OBJECT_PIXELS
+    text = nothing.empty_message("z=3")
+    assert text.startswith("no object found on z=3 at (row 1, col 2): try a box")
+
+
+def test_positive_points_in_separate_parts_are_counted():
+    from napari_sam.annotation.preview import split_points
+
+    mask = np.zeros((20, 20), bool)
+    mask[1:5, 1:5] = True
+    mask[10:15, 10:15] = True
+    three = ObjectPrompt(np.array([[2.0, 2.0], [12.0, 12.0], [3.0, 3.0]]), np.array([1, 1, 1]))
+    assert split_points(mask, three) == (3, 2)
+    one_part = ObjectPrompt(np.array([[2.0, 2.0], [3.0, 3.0], [8.0, 8.0]]), np.array([1, 1, 0]))
+    assert split_points(mask, one_part) == (2, 1)
+    outside = ObjectPrompt(np.array([[2.0, 2.0], [18.0, 2.0]]), np.array([1, 1]))
+    assert split_points(mask, outside) == (2, 2)  # the second object was missed
 
 
 def test_preview_keeps_the_prompted_parts_of_each_mask():

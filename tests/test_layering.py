@@ -35,7 +35,9 @@ COMPUTE_MODULES = [
 #: annotation/ modules that never touch napari or Qt (layers are duck-typed).
 ANNOTATION_QT_FREE = [
     "actions",
+    "adapting",
     "embedder",
+    "intensity",
     "jobs",
     "layers",
     "preview",
@@ -53,7 +55,7 @@ ANNOTATION_QT_FREE = [
 #: annotation/ modules that are napari glue (imports inside functions only).
 ANNOTATION_NAPARI_GLUE = {
     "layer_set": "creates and adopts the layers (napari.layers, colormaps)",
-    "napari_worker": "starts jobs in napari.qt.threading workers",
+    "napari_worker": "starts jobs in napari.qt.threading workers, shows notifications",
 }
 
 GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "magicgui")

@@ -2,33 +2,25 @@
 
 :class:`Annotator` is the scripted API; the dock widget in :mod:`napari_sam._qt`
 is a thin face on it that observes :attr:`Annotator.state`. The parts live in
-:mod:`napari_sam.annotation` (``docs/architecture.md`` walks through them);
-labels are written through :class:`napari_sam.labels.LayerWriter`.
-
-Coordinates: the annotator's Points and Shapes layers get the image layer's
-``scale`` and ``translate``, so their ``data`` is in the image's (continuous)
-pixel coordinates; prompts of adopted layers with other transforms are mapped
-through world coordinates. A prompt belongs to the slice given by its leading
-(non-``(Y, X)``) coordinates, rounded to the nearest pixel.
-
-Threads: with ``blocking=True`` (the default, for scripts) :meth:`~Annotator.segment`,
-:meth:`~Annotator.propagate` and :meth:`~Annotator.segment_everything` run their
-jobs in the calling thread and return results. The widget and key bindings pass
-``blocking=False``: the same jobs run in ``napari.qt.threading`` workers with
-progress and cancel; layers change only on the main thread, and a result lands
-on the slice it was computed for, or is dropped when the annotator was closed.
+:mod:`napari_sam.annotation` (``docs/architecture.md`` walks through them).
+Prompt layers get the image's scale and translate, so their data is in image
+pixels. With ``blocking=True`` (scripts) jobs run in the calling thread and
+return results; the widget passes ``blocking=False`` (napari workers with
+progress and cancel; layers change only on the main thread).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_sam.annotation.adapting import Adapter
 from napari_sam.annotation.embedder import SliceEmbedder
+from napari_sam.annotation.extended import BeyondClicks
+from napari_sam.annotation.intensity import IntensityRange
 from napari_sam.annotation.jobs import JobRunner
 from napari_sam.annotation.layer_set import (
     NEGATIVE_COLOR,
@@ -36,7 +28,7 @@ from napari_sam.annotation.layer_set import (
     PREVIEW_COLOR,
     AnnotatorLayers,
 )
-from napari_sam.annotation.napari_worker import launch
+from napari_sam.annotation.napari_worker import launch, notify
 from napari_sam.annotation.preview import Preview
 from napari_sam.annotation.prompt_layers import PromptLayers
 from napari_sam.annotation.prompts import SlicePrompts
@@ -54,15 +46,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["NEGATIVE_COLOR", "POSITIVE_COLOR", "PREVIEW_COLOR", "USER_ERRORS", "Annotator"]
 
-logger = logging.getLogger("napari_sam")
-
 #: Errors of the core that the widget and key bindings show as notifications.
 USER_ERRORS = (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError)
 
 Index = tuple[int, ...]
 
 
-class Annotator:
+class Annotator(BeyondClicks):
     """SAM annotation of one image layer: prompts -> preview -> labels.
 
     Parameters
@@ -87,20 +77,20 @@ class Annotator:
         changes, and prefetch its neighbours (needs a running Qt event loop;
         the widget turns it on).
     auto_segment : segment (asynchronously) whenever the prompts of a slice change.
-    points_layer, shapes_layer, preview_layer : existing layers (or names) to adopt
-        instead of creating new ones (e.g. those of an earlier annotator); same
-        dimensionality as the image.
+    points_layer, shapes_layer, preview_layer, everything_layer : existing layers
+        (or names) to adopt instead of creating new ones (e.g. those of an earlier
+        annotator: :func:`~napari_sam.annotation.layer_set.existing_layers`).
+    normalization : ``"robust"`` (default): one intensity range for the whole
+        image (0.5-99.8 percentiles of a bounded sample), measured once and used
+        for every slice, whatever the display's contrast limits; ``"display"``:
+        the layer's contrast limits (changing them re-embeds).
     store : ``"auto"`` (default), a path, an :class:`~napari_sam.store.EmbeddingStore`,
-        or None / False: where slice embeddings are kept on disk, so that
-        annotating the image again needs no recomputation. ``"auto"``: for an
-        image opened from a file (``image_layer.source.path``), a store in
-        ``cache_dir() / "embeddings"`` named from the file, the model, the
-        contrast limits and the image signature (a cache: recomputed when it no
-        longer matches); other images: memory only. A path: opened if it exists
-        (its model and image must match; it keeps its contrast limits), else
-        created. None/False: memory only. Opened when the first slice is
-        embedded; a store that cannot serve gives one notification and the
-        annotator works from memory (see :mod:`napari_sam.annotation.store_link`).
+        or None / False: where slice embeddings are kept on disk. ``"auto"``: for
+        an image opened from a file, a store in ``cache_dir() / "embeddings"``
+        (other images: memory only); a path: opened if it exists (model and image
+        must match), else created; None/False: memory only. A store that cannot
+        serve gives one notification (:mod:`napari_sam.annotation.store_link`,
+        docs/napari.md "Embeddings on disk").
 
     Attributes
     ----------
@@ -139,7 +129,9 @@ class Annotator:
         points_layer: Any = None,
         shapes_layer: Any = None,
         preview_layer: Any = None,
+        everything_layer: Any = None,
         store: Any = AUTO,
+        normalization: str = "robust",
     ) -> None:
         from napari.utils.events import EmitterGroup
 
@@ -154,7 +146,8 @@ class Annotator:
         self.runner = JobRunner(self.state, launch)
         self.layers = AnnotatorLayers(
             viewer, image_layer, labels=labels_layer, points=points_layer,
-            shapes=shapes_layer, preview=preview_layer, warn=partial(self._say, "warning"),
+            shapes=shapes_layer, preview=preview_layer, everything=everything_layer,
+            warn=partial(self._say, "warning"),
         )
         self.image_layer, self.geometry = self.layers.image, self.layers.geometry
         self.labels_layer, self.preview_layer = self.layers.labels, self.layers.preview
@@ -163,6 +156,8 @@ class Annotator:
         self.writer = LayerWriter(self.layers.labels)
         self.prompt_layers = PromptLayers(self.layers)
         self.cache = cache if cache is not None else EmbeddingCache(cache_size)
+        self.intensity = IntensityRange(self.layers.source, self.image_layer.unique_id,
+                                        lambda: self.layers.contrast_limits, normalization)
         link = StoreLink(store, self.layers.source, self.geometry,
                          source_path=getattr(getattr(self.image_layer, "source", None), "path",
                                              None),
@@ -172,13 +167,18 @@ class Annotator:
             self.layers.source, self.geometry, self.image_layer.unique_id, self.cache,
             self.runner, predictor=predictor, model=model, device=device,
             precision=precision, store=link if link.enabled else None,
-            on_embedded=self._on_embedded,
+            on_embedded=self._on_embedded, intensity=self.intensity, describe=self.layers.where,
         )
         self.embedder.scheduler.on_idle = self._prefetch
         self.segmenter = Segmenter(self.state, self.runner, self.embedder, self.layers,
                                    self.prompt_layers, self.writer, self.events)
         self.stack = StackActions(self.state, self.runner, self.embedder, self.layers,
                                   self.writer, self.events)
+        self.adapter = Adapter(self.state, self.runner, self.embedder, self.layers,
+                               on_switched=self.embed_in_background)
+        self.state.model = self.embedder.model
+        self.events.committed.connect(lambda e: self.adapter.committed(e.label_ids))
+        self.events.propagated.connect(lambda e: self.adapter.committed(e.written))
         self.background = background
         self.auto_segment = auto_segment
         self.prefetch = True
@@ -206,15 +206,13 @@ class Annotator:
             (self.image_layer.events.data, self._on_image_data),
             (self.points_layer.events.data, self._on_prompts_changed),
             (self.shapes_layer.events.data, self._on_prompts_changed),
+            *self._extended_connections(),  # scribbles, refine, similar, review (extended.py)
         ]
 
     def close(self, remove_layers: bool = False) -> None:
-        """Stop workers, disconnect from the viewer; results still in flight are dropped.
-
-        The labels layer is never removed (a propagation in flight still writes
-        the slices it has computed, as one undo step). ``remove_layers=True``
-        removes the points, shapes and preview layers.
-        """
+        """Stop workers, disconnect from the viewer; results still in flight are dropped
+        (a propagation still writes what it computed, one undo step). The labels
+        layer stays; ``remove_layers=True`` removes the helper layers."""
         if self._closed:
             return
         self.cancel(notify=False)
@@ -239,14 +237,7 @@ class Annotator:
 
     def _on_message(self, message: Message, old: Any = None) -> None:
         """``state.message`` changed: the status bar, or a notification."""
-        if message.level == "status":
-            self.viewer.status = message.text
-        else:
-            from napari.utils.notifications import show_error, show_info, show_warning
-
-            getattr(logger, message.level)(message.text)
-            {"info": show_info, "warning": show_warning, "error": show_error}[message.level](
-                message.text)
+        notify(self.viewer, message)
         self.events.message(level=message.level, message=message.text)
 
     # ========================================================= model, slices
@@ -266,7 +257,9 @@ class Annotator:
         Loaded on demand; cached embeddings of the previous model are dropped.
         Labels are untouched.
         """
+        self.adapter.forget_base()
         self.embedder.set_model(model, **kwargs)
+        self.state.model = self.embedder.model
 
     def load_predictor(self) -> Any:
         """The predictor, loading the model now if needed (blocking)."""
@@ -276,12 +269,32 @@ class Annotator:
     def embedding_store(self) -> Any:
         """The :class:`~napari_sam.store.EmbeddingStore` serving the current model and
         contrast limits, or None (memory only, or no slice embedded yet)."""
-        return self.embedder.stored(self.contrast_limits)
+        return self.embedder.stored(self._limits())
 
     @property
     def contrast_limits(self) -> tuple[float, float]:
-        """The image layer's contrast limits, used to normalize every slice."""
-        return self.layers.contrast_limits
+        """The ``(low, high)`` that normalizes every slice now: the image's robust range
+        (measured here if needed) or, with ``normalization="display"``, the layer's
+        contrast limits."""
+        return self.embedder.resolve(self._limits())
+
+    def _limits(self) -> Any:
+        return self.embedder.limits()  # the token of the cache keys
+
+    @property
+    def normalization(self) -> str:
+        """``"robust"`` (one range for the whole image) or ``"display"`` (the layer's
+        contrast limits); setting it re-embeds the slice on screen in the background."""
+        return self.intensity.mode
+
+    @normalization.setter
+    def normalization(self, mode: str) -> None:
+        from napari_sam.annotation.intensity import check_normalization
+
+        self.intensity.mode = check_normalization(mode)
+        self.state.preview = None
+        if self.background:
+            self.embed_in_background()
 
     def current_slice(self) -> Index | None:
         """Index of the slice the viewer shows (one int per leading axis), or None."""
@@ -306,7 +319,7 @@ class Annotator:
         idx = self._resolve_slice(slice_index)
         if idx is None:
             return None
-        cl = self.contrast_limits
+        cl = self._limits()
         emb = self.cache.get(self.embedder.key(idx, cl))
         return emb if emb is not None else self.runner.run(self.embedder.job(idx, cl),
                                                            blocking=True)
@@ -314,7 +327,7 @@ class Annotator:
     def is_ready(self, slice_index: Sequence[int] | None = None) -> bool:
         """True when the slice's embedding is cached (a prompt then decodes at once)."""
         idx = self.current_slice() if slice_index is None else tuple(slice_index)
-        return idx is not None and self.embedder.is_cached(idx, self.contrast_limits)
+        return idx is not None and self.embedder.is_cached(idx, self._limits())
 
     # ============================================================= prompts
     @property
@@ -327,10 +340,7 @@ class Annotator:
         self.points_layer.feature_defaults = {"positive": bool(value)}
 
     def toggle_positive(self) -> bool:
-        """Flip positive/negative for the points added next; returns the new mode.
-
-        Existing points keep their value (edit ``points_layer.features`` to change them).
-        """
+        """Flip positive/negative for the points added next (not existing ones)."""
         self.positive = value = not self.positive
         self._say("info", f"new points are {'positive' if value else 'negative'}")
         return value
@@ -363,30 +373,14 @@ class Annotator:
     ) -> list[np.ndarray] | None:
         """Segment the prompted object(s) of a slice and show them in :attr:`preview_layer`.
 
-        Parameters
-        ----------
-        slice : tuple of int, optional
-            Index along the leading axes (``(z,)``, ``(t, z)``, ``()`` for 2D);
-            default: the slice the viewer shows.
-        batch : bool
-            Every positive point outside the shapes is its own object (several
-            rectangles always give several objects).
-        blocking : bool
-            True: compute here and return the masks. False (GUI): decode at once
-            when the slice's embedding is cached, else embed in a worker and
-            show the preview when it is ready (returns None then).
-
-        Returns
-        -------
-        list of ``(Y, X)`` bool masks (one per object; ``[]`` when there was
-        nothing to segment, with a notification), or None while a worker runs.
-
-        Raises
-        ------
-        ValueError
-            An invalid ``slice``. With ``blocking=True`` also errors of model
-            loading or embedding (e.g. ``CheckpointError``); asynchronous calls
-            report those as notifications.
+        ``slice``: index along the leading axes (``(z,)``, ``(t, z)``, ``()`` for
+        2D), default the slice on screen. ``batch``: every positive point outside
+        the shapes is its own object. ``blocking=False`` (GUI): decode at once
+        when the embedding is cached, else embed in a worker (returns None).
+        Returns one ``(Y, X)`` bool mask per object (``[]`` with a message when
+        there is nothing to segment; an empty mask is reported as "no object
+        found" and cannot be committed). Raises ``ValueError`` for a bad
+        ``slice`` and, blocking, errors of model loading (``CheckpointError``).
         """
         idx = self._resolve_slice(slice)
         if idx is None or self._closed:
@@ -394,11 +388,8 @@ class Annotator:
         return self.segmenter.segment(self.prompt_layers.collect(idx, batch), blocking=blocking)
 
     def next_mask(self) -> np.ndarray | None:
-        """Show the next candidate mask of the last single-object segmentation (cycles).
-
-        Candidates come in decreasing score order; returns the shown ``(Y, X)``
-        mask, or None (with a notification) without a single-object preview.
-        """
+        """Show the next candidate mask of a single-object preview (by decreasing score,
+        cycling, empty ones skipped); returns it, or None (with a message)."""
         return self.segmenter.next_mask()
 
     def commit(
@@ -410,29 +401,15 @@ class Annotator:
     ) -> list[int]:
         """Write the preview into :attr:`labels_layer`, as one undo step.
 
-        Parameters
-        ----------
-        label_id : int, sequence of int, or None
-            Id(s) of the new object(s); default: max existing id + 1, + 2, ...
-            A single int is only accepted for a single-object preview.
-        overwrite : bool
-            False: only background (0) pixels are written, existing labels are
-            kept. True: the objects' pixels get the new ids whatever they held.
-            Pixels outside the objects never change.
-        clear_prompts : bool
-            Remove the prompts of the committed slice afterwards.
-
-        Returns
-        -------
-        list of int
-            The ids written (objects whose pixels were all taken are left out).
-            ``labels_layer.undo()`` removes them again.
-
-        Raises
-        ------
-        ValueError
-            ``label_id`` with the wrong number of ids, or ids < 1.
+        ``label_id``: id(s) of the new object(s), default max existing id + 1,
+        + 2... (a single int only for one object). ``overwrite=False`` writes
+        background pixels only; pixels outside the objects never change.
+        ``clear_prompts`` removes the slice's prompts afterwards. Empty masks are
+        never committed (the message says why). Returns the ids written
+        (``labels_layer.undo()`` removes them); ``ValueError`` for bad ids.
         """
+        if self.refiner.owns(self.state.preview):  # a label being refined: replaced in place
+            return self.refiner.commit(clear_prompts)
         return self.segmenter.commit(label_id, overwrite, clear_prompts)
 
     def clear(self, slice: Sequence[int] | None = None) -> None:
@@ -479,22 +456,20 @@ class Annotator:
         if self.background and self.prefetch and not self._closed:
             idx = self.current_slice()
             if idx is not None:
-                self.embedder.prefetch_around(idx, self.contrast_limits)
+                self.embedder.prefetch_around(idx, self._limits())
 
     def embed_in_background(self) -> None:
         """Start embedding the slice on screen in a worker (then its neighbours)."""
         idx = None if self._closed else self.current_slice()
         if idx is not None:
             self.embedder.scheduler.drop_prefetches()  # the viewed slice comes first
-            self.embedder.request(idx, self.contrast_limits)
+            self.embedder.request(idx, self._limits())
 
     def cancel(self, notify: bool = True) -> None:
-        """Cancel the running embedding, propagation and everything jobs and the queue.
+        """Cancel the running jobs (embedding, propagation, everything, adapt) and the queue.
 
-        An embedding already running finishes in its thread (a forward pass
-        cannot be interrupted) but its result is not shown; a propagation
-        stops after the current slice, keeping (as one undo step) what it
-        computed so far; everything mode stops between decoder batches.
+        A running forward pass finishes but is not shown; a propagation keeps
+        (one undo step) what it computed; adaptation keeps the current model.
         """
         had = self.embedder.cancel()
         had = self.runner.cancel(("propagate", "everything", "adapt")) or had
@@ -522,6 +497,7 @@ class Annotator:
 
     def _on_image_data(self, event: Any = None) -> None:
         uid = self.embedder.layer_key
+        self.intensity.forget()
         self.cache.discard_where(lambda key: key[0] == uid)
 
     # ========================================================== stack work
@@ -534,37 +510,29 @@ class Annotator:
         blocking: bool = True,
         **options: Any,
     ) -> dict[int, list[int]] | Any:
-        """Propagate committed object(s) of the current slice through z.
+        """Propagate committed object(s) of the current slice through z, or (``axis="t"``)
+        track them through time at this z (ids kept; :mod:`~.annotation.tracking`).
 
-        Parameters
-        ----------
-        label_id : int, sequence of int, or None
-            Objects to propagate. Default: the ids of the last commit if it was
-            on this slice, else every label on this slice.
-        direction : ``"both"``, ``"up"`` (towards higher z) or ``"down"``
-        z_range : ``(start, stop)``: only slices ``start <= z < stop`` (Python
-            slice rules, as :func:`~napari_sam.propagation.propagate_iter`), or None
-        blocking : compute here (True) or in a worker (False, GUI)
-        **options : passed to :func:`napari_sam.propagation.propagate_iter`
-            (e.g. ``prompt_mode``, ``stop_markers``, ``iou_threshold``)
-
-        Returns
-        -------
-        Blocking: ``{object_id: [z, ...]}`` of the slices computed, in order.
-        Asynchronous: the worker. None when there is nothing to do (with a
-        notification). z is the last leading axis (axis 0 of a ZYX image; for
-        TZYX the current time point only). Slices are shown in the preview
-        layer as they arrive and written into the labels when the job ends
-        (also when cancelled), without changing other objects' labels: the
-        whole propagation is ONE ``labels_layer.undo()`` step.
+        ``label_id``: default the ids of the last commit on this slice, else every
+        label on it. ``direction``: ``"both"``, ``"up"`` (higher index) or
+        ``"down"``; ``z_range=(start, stop)`` (Python slice rules) along the axis;
+        ``options`` go to :func:`napari_sam.propagation.propagate_iter`
+        (``prompt_mode``, ``score_threshold``...; ``axis``: ``"t"``, ``"z"``, a
+        leading axis name or index, default :attr:`propagation_axis`). Slices
+        show in the preview layer as they arrive and are written at the end
+        (also when cancelled) as ONE undo step, background only. Blocking:
+        ``{id: [index along the axis, ...]}``; else the worker; None (with a
+        message) when there is nothing to do; ``ValueError`` for a bad axis.
         """
+        if self.tracker.route(options):  # along time or another axis than z
+            return self._track(label_id, direction, z_range, options, blocking)
         if self.geometry.n_lead == 0:
             self._say("warning", "propagation needs a stack: this image is 2D")
             return None
         idx = self._resolve_slice(None)
         if idx is None:
             return None
-        return self.stack.propagate(idx, self.contrast_limits, label_id, direction, z_range,
+        return self.stack.propagate(idx, self._limits(), label_id, direction, z_range,
                                     options, blocking=blocking)
 
     def segment_everything(
@@ -575,27 +543,19 @@ class Annotator:
         stack: bool = False,
         **params: Any,
     ) -> np.ndarray | None:
-        """Segment every object of a slice automatically, into :attr:`everything_layer`.
+        """Segment every object of a slice into the review layer :attr:`everything_layer`
+        (below the preview; the active layer stays), for :meth:`commit_everything`.
 
-        The result goes to a separate Labels layer ``"<image> everything"`` for
-        review (its slice is replaced); :meth:`commit_everything` merges it into
-        :attr:`labels_layer`. ``params`` go to
-        :func:`napari_sam.everything.segment_everything` (e.g. ``points_per_side``).
-        The slice's cached embedding is reused.
-
-        ``stack=True`` segments every slice of the stack holding ``slice`` (z,
-        at the same time point) with
-        :func:`napari_sam.everything.segment_everything_stack`, objects linked
-        through z (``params`` may also hold its ``min_z_extent``, ``link_iou``,
-        ...); the whole stack of the everything layer is replaced, and
-        :meth:`commit_everything` then commits 3D objects.
-
-        Returns the ``(Y, X)`` (or ``(Z, Y, X)``) uint32 labels (blocking), else None.
+        ``params`` go to :func:`napari_sam.everything.segment_everything`.
+        ``stack=True``: every slice of the stack holding ``slice`` with
+        :func:`~napari_sam.everything.segment_everything_stack` (objects linked
+        through z; ``min_z_extent``, ``link_iou``... in ``params``), committed as
+        3D objects. Returns the ``(Y, X)`` / ``(Z, Y, X)`` labels (blocking), else None.
         """
         idx = self._resolve_slice(slice)
         if idx is None or self._closed:
             return None
-        return self.stack.segment_everything(idx, self.contrast_limits, params, stack=stack,
+        return self.stack.segment_everything(idx, self._limits(), params, stack=stack,
                                              blocking=blocking)
 
     @property
@@ -604,30 +564,33 @@ class Annotator:
         return self.layers.everything
 
     def commit_everything(self, overwrite: bool = False) -> list[int]:
-        """Merge the everything result into :attr:`labels_layer` (one undo step).
-
-        Every object gets a new id (max existing + 1, ...); existing labels are
-        kept unless ``overwrite``. The everything layer's slice is cleared. A
-        whole-stack result (``segment_everything(stack=True)``) commits its 3D
-        objects, one id each, always keeping existing labels. Returns the ids
-        that got pixels.
-        """
+        """Merge the everything result into :attr:`labels_layer` (one undo step): new ids,
+        existing labels kept unless ``overwrite`` (always, for a whole-stack
+        result); the review layer is cleared. Returns the ids that got pixels."""
         return self.stack.commit_everything(overwrite)
+
+    def adapt(self, objects: str = "all", *, blocking: bool = True, save: bool = True,
+              **options: Any) -> Any:
+        """Learn from labels: fine-tune the base model on the objects of :attr:`labels_layer`.
+
+        ``objects``: ``"all"`` or ``"session"`` (only ids committed by this
+        annotator). Always starts from the base weights (never from an adapted
+        model). When the adapted model beats the base on the held-back objects
+        it is saved (``save``) under ``cache_dir()/adapted/<image>__<base>.pt``
+        and used for this image from now on (embeddings recomputed; labels
+        never touched); else the model stays. ``options`` go to
+        :func:`napari_sam.adapt` (``time_limit_s``, ``steps``, ``seed``...).
+        Blocking: returns the :class:`~napari_sam.adaptation.AdaptationResult`;
+        else the worker (``cancel()`` stops it, keeping the model; nothing saved).
+        """
+        return self.adapter.adapt(objects, blocking=blocking, save=save, **options)
 
     # ================================================================ I/O
     def save_prompts(self, path: Any) -> Any:
-        """Save all point and shape prompts to JSON (``napari_sam.io``), in image pixels.
-
-        Returns the written :class:`~napari_sam.io.PromptSet`.
-        """
+        """Save all prompts to JSON (``napari_sam.io``, image pixels); returns the PromptSet."""
         return self.prompt_layers.save(path, self.image_layer.name)
 
     def load_prompts(self, path: Any) -> Any:
-        """Add the prompts of a JSON file (pixel or world coordinates) to the prompt layers.
-
-        Raises
-        ------
-        ValueError
-            The file's coordinates have another number of axes than the image.
-        """
+        """Add the prompts of a JSON file (pixel or world coordinates) to the prompt layers;
+        ``ValueError`` when its coordinates have another number of axes than the image."""
         return self.prompt_layers.load(path, self.image_layer.name)

@@ -146,23 +146,44 @@ def test_only_the_needed_slice_is_read(viewer, disk_predictor):
 
     lazy = da.map_blocks(block, chunks=((1,) * 8, (32,), (32,)), dtype=np.uint16)
     image = viewer.add_image(lazy, contrast_limits=(0, 1000))
-    ann = Annotator(viewer, image, predictor=disk_predictor)
+    ann = Annotator(viewer, image, predictor=disk_predictor, normalization="display")
     reads.clear()
     ann.add_point((5, 10, 10))
     ann.segment(slice=(5,))
     assert set(reads) == {5}
+    # robust: the range is measured once, from a bounded sample, then one slice per embedding
+    robust = Annotator(viewer, image, predictor=disk_predictor)
+    reads.clear()
+    robust.embedding((2,))
+    assert 2 in reads and len(reads) <= 8 + 1
+    reads.clear()
+    robust.embedding((3,))
+    assert reads == [3]
 
 
-def test_contrast_limits_normalize_and_key_the_cache(viewer, disk_predictor):
-    image = viewer.add_image(noise_stack((4, 32, 32)), contrast_limits=(100, 900))
+def test_robust_range_ignores_the_display_limits_and_display_mode_follows_them(
+        viewer, disk_predictor):
+    from napari_sam.normalize import stack_contrast_limits
+
+    data = noise_stack((4, 32, 32))
+    image = viewer.add_image(data, contrast_limits=(100, 900))
     ann = Annotator(viewer, image, predictor=disk_predictor)
+    assert ann.normalization == "robust"
+    robust = stack_contrast_limits(data)
     emb = ann.embedding((1,))
-    assert emb.contrast_limits == (100.0, 900.0)
-    ann.embedding((1,))
-    assert len(disk_predictor.embed_calls) == 1  # cached
-    image.contrast_limits = (0, 500)
+    assert emb.contrast_limits == robust == ann.contrast_limits
+    image.contrast_limits = (0, 500)  # the user adjusts the display
+    assert ann.embedding((1,)) is emb and len(disk_predictor.embed_calls) == 1
+    ann.normalization = "display"
     assert ann.embedding((1,)).contrast_limits == (0.0, 500.0)
     assert len(disk_predictor.embed_calls) == 2
+    ann.embedding((1,))
+    assert len(disk_predictor.embed_calls) == 2  # cached
+    image.contrast_limits = (100, 900)
+    assert ann.embedding((1,)).contrast_limits == (100.0, 900.0)
+    assert len(disk_predictor.embed_calls) == 3
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        Annotator(viewer, image, predictor=disk_predictor, normalization="auto")
 
 
 def test_boxes_give_several_objects_committed_as_one_undo_step(viewer, disk_predictor):
@@ -370,7 +391,7 @@ def test_propagate_is_one_undo_step_and_keeps_other_labels(
     after_commit = labels.data.copy()
     written = ann.propagate(direction="both", z_range=(1, 5))
     assert written == {oid: [3, 4, 1]}
-    assert fake_propagate[-1]["cl"] == (0.0, 2000.0)
+    assert fake_propagate[-1]["cl"] == ann.contrast_limits != (0.0, 2000.0)  # robust
     assert fake_propagate[-1]["shape"] == (6, 32, 32)
     seed = after_commit[(*lead, 2)] == oid
     for z in (1, 3, 4):

@@ -98,7 +98,7 @@ def test_second_annotator_reuses_the_store(viewer, tmp_path):
     image = viewer.add_image(data, contrast_limits=(0, 1000))
     path = tmp_path / "s.embeddings.zarr"
     first = FeaturePredictor()
-    ann = Annotator(viewer, image, predictor=first, store=path)
+    ann = Annotator(viewer, image, predictor=first, store=path, normalization="display")
     ann.add_point((2, 20, 20))
     masks = ann.segment((2,))
     ann.embedding((3,))
@@ -107,7 +107,7 @@ def test_second_annotator_reuses_the_store(viewer, tmp_path):
     ann.close(remove_layers=True)
 
     again = FeaturePredictor()  # same weights (fingerprint), a fresh call counter
-    ann2 = Annotator(viewer, image, predictor=again, store=str(path))
+    ann2 = Annotator(viewer, image, predictor=again, store=str(path), normalization="display")
     ann2.add_point((2, 20, 20))
     masks2 = ann2.segment((2,))
     emb = ann2.embedding((3,))
@@ -171,8 +171,12 @@ def test_auto_store_only_for_images_opened_from_a_file(viewer, tmp_path, cache_d
     ann = Annotator(viewer, reopened, predictor=again)
     ann.embedding((1,))
     assert again.embed_calls == [] and ann.embedding_store.path == store.path
-    # other contrast limits: a store of their own
+    # the display's contrast limits do not matter in robust mode (the default) ...
     reopened.contrast_limits = (0, 800)
+    ann.embedding((1,))
+    assert again.embed_calls == [] and ann.embedding_store.path == store.path
+    # ... in display mode they do: a store of their own
+    ann.normalization = "display"
     ann.embedding((1,))
     assert len(again.embed_calls) == 1 and ann.embedding_store.path != store.path
     # store=False: memory only even for a file
@@ -231,7 +235,7 @@ def test_store_keeps_its_contrast_limits(viewer, tmp_path):
     image = viewer.add_image(stack(), contrast_limits=(0, 1000))
     path = tmp_path / "s.zarr"
     pred = FeaturePredictor()
-    ann = Annotator(viewer, image, predictor=pred, store=path)
+    ann = Annotator(viewer, image, predictor=pred, store=path, normalization="display")
     got = messages(ann)
     ann.embedding((0,))
     image.contrast_limits = (0, 500)
@@ -370,12 +374,12 @@ def test_given_store_object_is_checked(viewer, tmp_path):
     image = viewer.add_image(data, contrast_limits=(0, 1000))
     pred = FeaturePredictor()
     store = EmbeddingStore.for_stack(tmp_path / "s.zarr", data, pred, contrast_limits=(0, 1000))
-    ann = Annotator(viewer, image, predictor=pred, store=store)
+    ann = Annotator(viewer, image, predictor=pred, store=store, normalization="display")
     ann.embedding((2,))
     assert ann.embedding_store is store and store.has(2)
     ann.close(remove_layers=True)
     other = FeaturePredictor("w:9")
-    ann = Annotator(viewer, image, predictor=other, store=store)
+    ann = Annotator(viewer, image, predictor=other, store=store, normalization="display")
     got = messages(ann)
     ann.embedding((2,))
     assert len(other.embed_calls) == 1 and len(got) == 1 and "model" in got[0][1]

@@ -131,15 +131,15 @@ def test_switching_images_reuses_layers_and_drops_old_work(qtbot, widget_viewer)
     assert widget.image_combo.count() == 1
 
 
-def test_keys_bound_on_own_layers_and_removed_on_close(widget_viewer):
+def test_keys_bound_on_own_layers_and_the_image_and_removed_on_close(widget_viewer):
     from napari.utils.key_bindings import coerce_keybinding
 
     _viewer, widget, image = widget_viewer
     ann = widget.annotator
-    for layer in (ann.points_layer, ann.shapes_layer, ann.preview_layer, ann.labels_layer):
+    for layer in (ann.points_layer, ann.shapes_layer, ann.preview_layer, ann.labels_layer,
+                  image):
         for action in KEY_BINDINGS:
             assert coerce_keybinding(action.key) in layer.keymap
-    assert not image.keymap  # the image layer is not touched
     handler = ann.points_layer.keymap[coerce_keybinding("Shift-T")]
     handler(ann.points_layer)
     assert ann.positive is False
@@ -147,6 +147,8 @@ def test_keys_bound_on_own_layers_and_removed_on_close(widget_viewer):
     widget.close_annotator()
     for action in KEY_BINDINGS:
         assert coerce_keybinding(action.key) not in ann.points_layer.keymap
+        assert coerce_keybinding(action.key) not in image.keymap
+    assert not image.keymap
 
 
 def test_keys_do_not_collide_with_napari_shortcuts():
@@ -166,14 +168,17 @@ def test_user_labels_layer_gets_no_keys(viewer_model, disk_predictor):
     mine = viewer_model.add_labels(np.zeros((2, 32, 32), np.uint16))
     ann = Annotator(viewer_model, image, predictor=disk_predictor, labels_layer=mine)
     unbind = bind_annotator_keys(ann)
-    assert not mine.keymap and ann.points_layer.keymap
+    # only Ctrl+Z / Shift+Ctrl+Z (undo/redo as before, then a fresh status line)
+    assert all("Z" in str(key) and "Shift+S" not in str(key) for key in mine.keymap)
+    assert ann.points_layer.keymap
     unbind()
-    assert not ann.points_layer.keymap
+    assert not ann.points_layer.keymap and not mine.keymap
 
 
-def test_model_selector_lists_registry_and_file(qtbot):
+def test_model_selector_lists_registry_and_file(qtbot, tmp_path, monkeypatch):
     from napari_sam.model.registry import available_models
 
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path))  # no adapted models there
     selector = ModelSelector(model="vit_b")
     qtbot.addWidget(selector)
     items = [selector.model_combo.itemText(i) for i in range(selector.model_combo.count())]
@@ -183,7 +188,8 @@ def test_model_selector_lists_registry_and_file(qtbot):
     assert blocker.args == ["vit_b", "cpu"]
     selector.set_model("/data/my_sam.pt")
     assert selector.model == "/data/my_sam.pt"
-    assert selector.model_combo.currentText() == "/data/my_sam.pt"
+    assert selector.model_combo.currentData() == "/data/my_sam.pt"
+    assert selector.model_combo.currentText() == "my_sam.pt"
 
 
 def test_tooltips_name_the_keys(widget_viewer):
@@ -257,9 +263,9 @@ def test_labels_menu_adopts_an_existing_layer_without_losing_labels(qtbot, widge
     mine = viewer.add_labels(truth.copy(), name="my truth")
     viewer.add_labels(np.zeros((5, 5), np.uint8), name="wrong shape")
     items = [widget.labels_combo.itemText(i) for i in range(widget.labels_combo.count())]
-    assert items == ["new labels layer", "stack labels", "my truth"]
-    widget.labels_combo.setCurrentIndex(2)
-    widget.labels_combo.activated.emit(2)
+    assert items == ["stack labels", "my truth (existing, ids up to 3)", "new labels layer"]
+    widget.labels_combo.setCurrentIndex(1)
+    widget.labels_combo.activated.emit(1)
     ann = widget.annotator
     assert ann.labels_layer is mine and ann.points_layer is first.points_layer
     np.testing.assert_array_equal(mine.data, truth)

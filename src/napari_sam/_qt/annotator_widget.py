@@ -1,14 +1,21 @@
 """The dock widget: a thin face on :class:`napari_sam.annotator.Annotator`.
 
 One annotator is active at a time, for the image chosen in the menu. Its
-layers are remembered per image, so switching back and forth reuses them;
-switching cancels the old annotator's work in flight (its results are
-dropped). Every long computation runs in a worker (``blocking=False``).
+layers carry a tag (``metadata["napari_sam"]``), so switching back and forth,
+or closing the widget and opening it again, adopts them instead of making a
+second set (:func:`~napari_sam.annotation.layer_set.existing_layers`); the
+helper layers of the images not being annotated are hidden, and shown again
+on switching back. Switching cancels the old annotator's work in flight (its
+results are dropped). Every long computation runs in a worker
+(``blocking=False``) with a progress bar and Cancel.
+
+Closing the widget (its title-bar x, which napari turns into a removal from
+the window) stops the annotator: workers cancelled, keys unbound, events
+disconnected. Labels and helper layers stay in the viewer.
 
 The buttons and the key bindings come from one table
-(:data:`napari_sam.annotation.actions.ACTIONS`); the status line and the
-progress bar observe the annotator's evented state
-(:class:`~napari_sam.annotation.state.AnnotatorState`).
+(:data:`napari_sam.annotation.actions.ACTIONS`); the job panel observes the
+annotator's evented state (:class:`~napari_sam.annotation.state.AnnotatorState`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -25,25 +33,52 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGridLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
     QPushButton,
     QRadioButton,
+    QSlider,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_sam._qt.hover import HoverPreview
 from napari_sam._qt.job_panel import JobPanel
-from napari_sam._qt.key_bindings import KEY_BINDINGS, bind_annotator_keys
+from napari_sam._qt.key_bindings import KEY_BINDINGS, bind_annotator_keys, key_layers
 from napari_sam._qt.model_selector import ModelSelector
 from napari_sam.annotation.actions import ACTIONS, Action, Choices, action, key_for
 from napari_sam.cache import DEFAULT_CACHE_SIZE, EmbeddingCache
 from napari_sam.model.registry import DEFAULT_MODEL
 
-__all__ = ["NEW_LABELS", "AnnotatorWidget"]
+__all__ = ["NEW_LABELS", "NORMALIZATION_ITEMS", "AnnotatorWidget"]
 
 #: Labels menu entry that creates a new Labels layer.
 NEW_LABELS = "new labels layer"
+#: Intensity range menu: (text, Annotator normalization).
+NORMALIZATION_ITEMS = (("robust (whole image)", "robust"),
+                       ("display contrast limits", "display"))
+#: Learn-from-labels menu: (text, Annotator.adapt objects).
+ADAPT_ITEMS = (("all objects of the labels layer", "all"),
+               ("objects committed in this session", "session"))
+
+BATCH_TIP = (
+    "Several positive points normally refine ONE object (SAM's convention: add points "
+    "to the same nucleus to fix its outline). Tick this to make every positive point its "
+    "own object, e.g. to click three nuclei at once ({key})"
+)
+NORMALIZATION_TIP = (
+    "How slice intensities are scaled for the model. robust (whole image): one range for "
+    "the whole image (0.5-99.8 percentiles), independent of the display: recommended, "
+    "with napari's default contrast limits (min-max) the bundled model loses 0.02-0.10 "
+    "mean IoU, and a display window that clips the objects makes it fail. display "
+    "contrast limits: the layer's contrast limits (changing them re-embeds)"
+)
+STOP_TIP = (
+    "When propagation stops following an object through z. Middle: the model's "
+    "recommendation. Towards 'earlier': stricter (stops at the first dimming, low score "
+    "or sudden change); towards 'later': follows objects further into dim or changing "
+    "slices (the fade, score and IoU thresholds move by 0.1 per step)"
+)
 
 
 class AnnotatorWidget(QWidget):
@@ -68,18 +103,23 @@ class AnnotatorWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.annotator: Any = None
-        self._predictor = predictor  # given, or the last one loaded (shared between images)
+        self._predictor = predictor  # given, or the last base model loaded (shared)
         self.cache = EmbeddingCache(cache_size)
         self._layers: dict[Any, dict[str, Any]] = {}  # image uid -> adopted layers
+        self._models: dict[Any, tuple] = {}  # image uid -> (adapted model, predictor, base)
+        self._hidden: dict[Any, list[tuple[Any, bool]]] = {}  # image uid -> (layer, visible)
         self._unbind: Callable[[], None] | None = None
         self.hover = HoverPreview(napari_viewer, parent=self)
         self.buttons: dict[str, QPushButton] = {}
         #: extra keyword arguments of napari_sam.everything.segment_everything
         self.everything_params: dict[str, Any] = {}
         self._opening = False
+        self._docked = False
+        self._closed = False
         self._build(model)
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._refresh_images)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._refresh_images()
 
     # ------------------------------------------------------------------ UI
@@ -91,15 +131,17 @@ class AnnotatorWidget(QWidget):
         self.image_combo.currentIndexChanged.connect(self._on_image_chosen)
         form.addRow("image", self.image_combo)
         self.labels_combo = QComboBox(self)
-        self.labels_combo.setToolTip(
-            "Labels layer to write into: a new one, or an existing layer of the image's "
-            "shape (its labels are kept)"
-        )
         self.labels_combo.activated.connect(self._on_labels_chosen)
-        form.addRow("labels", self.labels_combo)
+        form.addRow("commits go to", self.labels_combo)
         self.model_selector = ModelSelector(self, model)
         self.model_selector.changed.connect(self._on_model_changed)
         form.addRow("model", self.model_selector)
+        self.normalization_combo = QComboBox(self)
+        for text, mode in NORMALIZATION_ITEMS:
+            self.normalization_combo.addItem(text, mode)
+        self.normalization_combo.setToolTip(NORMALIZATION_TIP)
+        self.normalization_combo.currentIndexChanged.connect(self._on_normalization)
+        form.addRow("intensity range", self.normalization_combo)
         layout.addLayout(form)
 
         prompts = QGroupBox("prompts", self)
@@ -115,9 +157,8 @@ class AnnotatorWidget(QWidget):
         self.negative_radio.setToolTip(tip)
         self.positive_radio.toggled.connect(self._on_mode)
         self.batch_check = QCheckBox("each positive point is an object", prompts)
-        self.batch_check.setToolTip(
-            f"Segment every positive point as its own object ({key_for('segment_batch')})"
-        )
+        self.batch_check.setToolTip(BATCH_TIP.format(key=key_for("segment_batch")))
+        self.batch_check.toggled.connect(self._on_batch)
         self.auto_check = QCheckBox("segment on every prompt", prompts)
         self.auto_check.setChecked(True)
         self.auto_check.setToolTip("Preview as soon as a point or box is added")
@@ -139,8 +180,20 @@ class AnnotatorWidget(QWidget):
         self.direction_combo = QComboBox(actions)
         self.direction_combo.addItems(["both", "up", "down"])
         self.direction_combo.setToolTip("Propagate towards both ends, higher z (up) or lower z")
-        grid.addWidget(QLabel("propagate", actions), grid.rowCount(), 0)
-        grid.addWidget(self.direction_combo, grid.rowCount() - 1, 1)
+        row = grid.rowCount()
+        grid.addWidget(QLabel("propagate", actions), row, 0)
+        grid.addWidget(self.direction_combo, row, 1)
+        self.stop_slider = QSlider(Qt.Orientation.Horizontal, actions)
+        self.stop_slider.setRange(-2, 2)
+        self.stop_slider.setValue(0)
+        self.stop_slider.setPageStep(1)
+        self.stop_slider.setTickPosition(QSlider.TickPosition.TicksBelow)
+        self.stop_slider.setToolTip(STOP_TIP)
+        stop = QHBoxLayout()
+        stop.addWidget(QLabel("stop earlier", actions))
+        stop.addWidget(self.stop_slider, 1)
+        stop.addWidget(QLabel("later", actions))
+        grid.addLayout(stop, row + 1, 0, 1, 2)
 
         box = self._button_box("everything", layout)
         self.stack_check = QCheckBox("whole stack (objects linked through z)", box)
@@ -150,13 +203,23 @@ class AnnotatorWidget(QWidget):
         )
         box.layout().addWidget(self.stack_check, 1, 0, 1, 2)
         self.everything_box = box
+        learn = self._button_box("learn", layout, title="learn from your labels")
+        self.adapt_combo = QComboBox(learn)
+        for text, objects in ADAPT_ITEMS:
+            self.adapt_combo.addItem(text, objects)
+        self.adapt_combo.setToolTip(
+            "What 'Learn from labels' learns from. It always starts from the base model's "
+            "weights, holds about 20 % of the objects back, and uses the adapted model for "
+            "this image only when it segments those better"
+        )
+        learn.layout().addWidget(self.adapt_combo, 0, 1)
         self._button_box("files", layout, title="prompt files")
 
-        self.jobs = JobPanel(self)
+        self.jobs = JobPanel(self, cancel=lambda: self.run_action("cancel"))
         self.status = self.jobs.status
         layout.addWidget(self.jobs)
         keys = ", ".join(f"{a.label} {a.name.replace('_', ' ')}" for a in KEY_BINDINGS)
-        self.setToolTip(f"Keys (on the SAM points/boxes layers): {keys}")
+        self.setToolTip(f"Keys (with the image or a SAM layer selected): {keys}")
         layout.addStretch(1)
 
     def _button_box(self, group: str, layout: QVBoxLayout, title: str = "") -> QGroupBox:
@@ -179,7 +242,7 @@ class AnnotatorWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def _refresh_images(self, event: Any = None) -> None:
-        if self._opening:  # the annotator adding its own layers
+        if self._opening or self._closed:  # the annotator adding its own layers
             return
         images = self._image_layers()
         current = self.annotator.image_layer if self.annotator is not None else None
@@ -196,22 +259,31 @@ class AnnotatorWidget(QWidget):
         self._update_enabled()
 
     def _refresh_labels(self) -> None:
-        """List "new" and the Labels layers of the image's shape (not our helper layers)."""
+        """The layer commits go to (selected), the other Labels layers of the image's
+        shape, each saying what it holds, and "new labels layer"."""
         from napari.layers import Labels
+
+        from napari_sam.annotation.layer_set import layer_role
 
         ann = self.annotator
         self.labels_combo.blockSignals(True)
         self.labels_combo.clear()
-        self.labels_combo.addItem(NEW_LABELS, None)
         if ann is not None:
-            ours = {ly.get("preview_layer") for ly in self._layers.values()}
-            ours.add(ann.everything_layer)
+            target = ann.labels_layer
+            self.labels_combo.addItem(target.name, target)
             for layer in self.viewer.layers:
-                if (isinstance(layer, Labels) and layer not in ours and not layer.multiscale
+                if (isinstance(layer, Labels) and layer is not target and not layer.multiscale
+                        and layer_role(layer, ann.image_layer) in (None, "labels")
+                        and not _is_helper(layer)
                         and tuple(layer.data.shape) == ann.geometry.shape):
-                    self.labels_combo.addItem(layer.name, layer)
-                    if layer is ann.labels_layer:
-                        self.labels_combo.setCurrentIndex(self.labels_combo.count() - 1)
+                    self.labels_combo.addItem(f"{layer.name} ({_holds(layer)})", layer)
+            self.labels_combo.setToolTip(
+                f"Commits go to {target.name!r}. Other Labels layers of the image's shape "
+                "are listed with what they hold: choosing one adds new objects to it (its "
+                "labels are kept, never replaced)"
+            )
+        self.labels_combo.addItem(NEW_LABELS, None)
+        self.labels_combo.setCurrentIndex(0)
         self.labels_combo.blockSignals(False)
 
     def _on_labels_chosen(self, index: int) -> None:
@@ -223,18 +295,28 @@ class AnnotatorWidget(QWidget):
         kept = self._layers.setdefault(image.unique_id, {})
         if chosen is None:
             kept.pop("labels_layer", None)  # a new one
+            kept["new_labels"] = True
         else:
             kept["labels_layer"] = chosen
+            kept.pop("new_labels", None)
         self._close_annotator()
         self._open_annotator(image)
         self._refresh_labels()
         self._update_enabled()
+        new = self.annotator
+        if new is not None and chosen is not None and new.labels_layer is chosen:
+            top = int(chosen.data.max())
+            if top:
+                self._show(f"commits now go to {chosen.name!r}, which already holds labels "
+                           f"(up to id {top}): they are kept, new objects get ids from "
+                           f"{top + 1}. Choose {image.name + ' labels'!r} or "
+                           f"'{NEW_LABELS}' to keep your objects apart", error=True)
 
     def _on_image_chosen(self, index: int) -> None:
         layer = self.image_combo.itemData(index) if index >= 0 else None
         if self.annotator is not None and layer is self.annotator.image_layer:
             return
-        self._close_annotator()
+        self._close_annotator(hide=True)
         if layer is None:
             self._show("add an image layer to annotate")
         else:
@@ -243,18 +325,26 @@ class AnnotatorWidget(QWidget):
         self._update_enabled()
 
     def _open_annotator(self, layer: Any) -> None:
+        from napari_sam.annotation.layer_set import existing_layers
         from napari_sam.annotator import USER_ERRORS, Annotator
 
-        kept = {
-            k: v for k, v in self._layers.get(layer.unique_id, {}).items()
-            if v in self.viewer.layers
-        }
+        uid = layer.unique_id
+        memory = self._layers.get(uid, {})
+        kept = existing_layers(self.viewer, layer)  # e.g. after the widget was reopened
+        if memory.get("new_labels"):  # the user asked for a new labels layer
+            kept.pop("labels_layer", None)
+        kept.update({k: v for k, v in memory.items()
+                     if k.endswith("_layer") and v in self.viewer.layers})
+        model, predictor, base = self.model_selector.model, self._predictor, None
+        if uid in self._models:  # this image's adapted model
+            model, predictor, base = self._models[uid]
+        self._show_helpers(uid)
         self._opening = True
         try:
             ann = Annotator(
-                self.viewer, layer, predictor=self._predictor,
-                model=self.model_selector.model, device=self.model_selector.device,
-                cache=self.cache, background=True, auto_segment=self.auto_check.isChecked(),
+                self.viewer, layer, predictor=predictor, model=model,
+                device=self.model_selector.device, cache=self.cache, background=True,
+                auto_segment=self.auto_check.isChecked(), normalization=self.normalization,
                 **kept,
             )
         except USER_ERRORS as err:
@@ -262,7 +352,8 @@ class AnnotatorWidget(QWidget):
             return
         finally:
             self._opening = False
-        self._layers[layer.unique_id] = {
+        ann.adapter.base = base
+        self._layers[uid] = {
             "labels_layer": ann.labels_layer, "points_layer": ann.points_layer,
             "shapes_layer": ann.shapes_layer, "preview_layer": ann.preview_layer,
         }
@@ -270,24 +361,54 @@ class AnnotatorWidget(QWidget):
         ann.points_layer.events.feature_defaults.connect(self._sync_mode)
         self.jobs.observe(ann.state)
         ann.state.events.jobs.connect(self._update_enabled)
+        ann.state.events.model.connect(self._on_annotator_model)
         self.annotator = ann
         self.hover.annotator = ann
         self._unbind = bind_annotator_keys(ann, self.choices)
+        self.model_selector.set_model(ann.model)
         ann.embed_in_background()  # start embedding the slice on screen
 
-    def _close_annotator(self) -> None:
+    def _close_annotator(self, hide: bool = False) -> None:
+        """Stop the annotator; ``hide``: also hide its helper layers (another image)."""
+        from napari_sam.annotation.adapting import is_adapted
+
         ann, self.annotator = self.annotator, None
         self.hover.annotator = None
         if self._unbind is not None:
             self._unbind()
             self._unbind = None
-        if ann is not None:
+        if ann is None:
+            return
+        uid = ann.image_layer.unique_id
+        if is_adapted(ann.model) and ann.predictor is not None:
+            self._models[uid] = (ann.model, ann.predictor, ann.adapter.base)
+            base = ann.adapter.base
+            if self._predictor is None and base is not None and base[1] is not None:
+                self._predictor = base[1]  # the base model serves the other images
+        else:
+            self._models.pop(uid, None)
             if self._predictor is None and ann.predictor is not None:
                 self._predictor = ann.predictor  # reuse the loaded model for the next image
-            ann.points_layer.events.feature_defaults.disconnect(self._sync_mode)
-            self.jobs.observe(None)
-            ann.state.events.jobs.disconnect(self._update_enabled)
-            ann.close()
+        ann.points_layer.events.feature_defaults.disconnect(self._sync_mode)
+        self.jobs.observe(None)
+        ann.state.events.jobs.disconnect(self._update_enabled)
+        ann.state.events.model.disconnect(self._on_annotator_model)
+        ann.close()
+        if hide:
+            self._hide_helpers(uid, ann.layers.helpers)
+
+    def _hide_helpers(self, uid: Any, layers: tuple) -> None:
+        """Hide an image's helper layers (not deleted), remembering which were shown."""
+        shown = self._hidden.setdefault(uid, [])
+        for layer in layers:
+            if layer in self.viewer.layers and all(layer is not ly for ly, _ in shown):
+                shown.append((layer, bool(layer.visible)))
+                layer.visible = False
+
+    def _show_helpers(self, uid: Any) -> None:
+        for layer, visible in self._hidden.pop(uid, []):
+            if layer in self.viewer.layers:
+                layer.visible = visible
 
     def _update_enabled(self, *_: Any) -> None:
         on = self.annotator is not None
@@ -295,11 +416,18 @@ class AnnotatorWidget(QWidget):
             button.setEnabled(on if name != "cancel" else on and self.annotator.busy)
 
     # ----------------------------------------------------------- actions
+    @property
+    def normalization(self) -> str:
+        """The chosen intensity range mode (``"robust"`` or ``"display"``)."""
+        return str(self.normalization_combo.currentData())
+
     def choices(self) -> Choices:
         """The settings of the widget that actions read (also those started by keys)."""
         return Choices(
             batch=self.batch_check.isChecked(), direction=self.direction_combo.currentText(),
             stack=self.stack_check.isChecked(), everything_params=dict(self.everything_params),
+            stop=int(self.stop_slider.value()),
+            adapt_objects=str(self.adapt_combo.currentData()),
         )
 
     def run_action(self, act: Action | str) -> Any:
@@ -346,12 +474,46 @@ class AnnotatorWidget(QWidget):
         if self.annotator is not None:
             self.annotator.auto_segment = on
 
+    def _on_batch(self, on: bool) -> None:
+        ann = self.annotator
+        if ann is not None and ann.auto_segment and ann.preview is not None:
+            self.run_action("segment")  # the preview follows the choice
+
+    def _on_normalization(self, index: int) -> None:
+        if self.annotator is not None:
+            self.annotator.normalization = self.normalization
+            self._show(f"intensity range: {self.annotator.intensity.describe()}")
+
     def _on_model_changed(self, model: str, device: str) -> None:
         self._predictor = None  # a given predictor is replaced by the chosen model
-        if self.annotator is not None:
-            self.annotator.set_model(model, device=device)
-            self._show(f"model {model} on {device} (loaded when needed)")
-            self.annotator.embed_in_background()
+        ann = self.annotator
+        if ann is None:
+            return
+        self._models.pop(ann.image_layer.unique_id, None)
+        base = ann.adapter.base
+        if base is not None and base[0] == model and base[1] is not None:
+            ann.set_model(model, predictor=base[1])  # back to the base model, still loaded
+            self._predictor = base[1]
+        else:
+            ann.set_model(model, device=device)
+        self._show(f"model {self.model_selector.model_combo.currentText()} on {device} "
+                   "(loaded when needed)")
+        ann.embed_in_background()
+
+    def _on_annotator_model(self, model: str, old: Any = None) -> None:
+        """The annotator switched model itself (an adapted one): the menu follows."""
+        self.model_selector.refresh()
+        self.model_selector.set_model(model)
+
+    def _on_active_layer(self, event: Any = None) -> None:
+        """Say which layers take the keys when the user selects another one."""
+        ann, active = self.annotator, self.viewer.layers.selection.active
+        if ann is None or active is None or self._opening:
+            return
+        if all(active is not layer for layer in key_layers(ann)):
+            self._show(f"{active.name!r} is selected: the SAM keys "
+                       f"({key_for('segment')}, {key_for('commit')}...) work with "
+                       f"{ann.image_layer.name!r} or its SAM layers selected")
 
     # ----------------------------------------------------------- status
     def _show(self, message: str, error: bool = False) -> None:
@@ -360,11 +522,46 @@ class AnnotatorWidget(QWidget):
     # ----------------------------------------------------------- closing
     def close_annotator(self) -> None:
         """Stop workers, unbind keys and disconnect (the layers stay)."""
+        if self._closed:
+            return
+        self._closed = True
         self.hover.set_enabled(False)
         self._close_annotator()
-        for emitter in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            emitter.disconnect(self._refresh_images)
+        for emitter, slot in ((self.viewer.layers.events.inserted, self._refresh_images),
+                              (self.viewer.layers.events.removed, self._refresh_images),
+                              (self.viewer.layers.selection.events.active,
+                               self._on_active_layer)):
+            emitter.disconnect(slot)
 
     def closeEvent(self, event: Any) -> None:
         self.close_annotator()
         super().closeEvent(event)
+
+    def event(self, event: Any) -> bool:
+        """napari's title-bar x takes the widget out of its dock (``setParent(None)``)
+        and deletes the dock, without a close event: stop the annotator then."""
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self.close_annotator()
+        return super().event(event)
+
+
+def _is_helper(layer: Any) -> bool:
+    """A layer an annotator made that is not a labels output (preview, everything)."""
+    from napari_sam.annotation.layer_set import METADATA_KEY
+
+    tag = getattr(layer, "metadata", {}).get(METADATA_KEY)
+    return isinstance(tag, dict) and tag.get("role") not in (None, "labels")
+
+
+def _holds(layer: Any) -> str:
+    """What a Labels layer holds, for the menu (cheap for large arrays)."""
+    import numpy as np
+
+    data = layer.data
+    if not isinstance(data, np.ndarray) or data.size > 50_000_000:
+        return "existing layer"
+    top = int(data.max()) if data.size else 0
+    return f"existing, ids up to {top}" if top else "existing, empty"

@@ -33,6 +33,11 @@ class Choices:
     stack : everything mode on the whole stack rather than the slice
     everything_params : extra keyword arguments of everything mode
     path : the file chosen for an action with :attr:`Action.path`
+    stop : the propagation stop slider, -2 (stop earlier) .. 2 (later); 0 is the
+        model's recommendation (:func:`~napari_sam.annotation.propagating.stop_rule_options`)
+    adapt_objects : ``"all"`` or ``"session"``: what "Learn from labels" learns from
+    axis : the propagation axis (the "along" menu): None (z, or t when the image's axis
+        labels say so), ``"t"``, ``"z"``, a leading axis name or index
     """
 
     batch: bool = False
@@ -40,6 +45,9 @@ class Choices:
     stack: bool = False
     everything_params: Mapping[str, Any] = field(default_factory=dict)
     path: str | None = None
+    stop: int = 0
+    adapt_objects: str = "all"
+    axis: Any = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,7 @@ class Action:
     description : one line for tooltips and docs
     run : ``run(annotator, choices)`` performs the action
     group : the widget box holding the button (``"actions"``, ``"everything"``,
-        ``"files"``)
+        ``"learn"``, ``"files"``, ``"review"``: the review panel of a propagation)
     path : ``"save"`` or ``"open"``: the widget asks for a file first
         (``choices.path``)
     """
@@ -78,6 +86,29 @@ class Action:
         return f"{self.description} ({self.label})" if self.key else self.description
 
 
+def _propagate(annotator: Any, choices: Choices) -> Any:
+    from napari_sam.annotation.propagating import stop_rule_options
+
+    if choices.axis is not None:  # the "along" menu: time (annotation/tracking) or z
+        return _along(annotator, choices)
+    options = stop_rule_options(annotator.model, choices.stop) if choices.stop else {}
+    return annotator.propagate(direction=choices.direction, blocking=False, **options)
+
+
+def _along(annotator: Any, choices: Choices) -> Any:
+    """Propagate along ``choices.axis``; along time the stop slider starts from the time
+    defaults (:func:`~napari_sam.annotation.tracking.tracking_stop_options`)."""
+    from napari_sam.annotation.propagating import stop_rule_options
+    from napari_sam.annotation.tracking import tracking_stop_options
+
+    time = annotator.tracker.resolve(choices.axis)[1]
+    options = {} if not choices.stop else (
+        tracking_stop_options(choices.stop) if time
+        else stop_rule_options(annotator.model, choices.stop))
+    return annotator.propagate(direction=choices.direction, blocking=False, axis=choices.axis,
+                               **options)
+
+
 ACTIONS: tuple[Action, ...] = (
     Action("segment", "Segment", "Shift-S", "Segment the prompts of the current slice",
            lambda a, c: a.segment(batch=c.batch, blocking=False)),
@@ -93,10 +124,26 @@ ACTIONS: tuple[Action, ...] = (
     Action("clear", "Clear", "Shift-X", "Clear the prompts of this slice and the preview",
            lambda a, c: a.clear()),
     Action("propagate", "Propagate", "Shift-Z", "Propagate the committed object(s) through z",
-           lambda a, c: a.propagate(direction=c.direction, blocking=False)),
+           _propagate),
     Action("cancel", "Cancel", "Shift-Q",
-           "Cancel the running embedding / propagation / everything run",
+           "Cancel the running job (model loading, embedding, propagation, everything, "
+           "learning)",
            lambda a, c: a.cancel()),
+    Action("scribbles", "Scribbles", None,
+           "Add (or select) the scribble layer: paint 1 on the object, 2 on the background; "
+           "paths and lines on the boxes layer are strokes too (magenta: background)",
+           lambda a, c: a.add_scribble_layer()),
+    Action("refine", "Refine label", None,
+           "Refine the selected label on this slice: its mask is the prompt, add points, then "
+           "Commit replaces it on this slice only (other labels untouched)",
+           lambda a, c: a.refine(blocking=False)),
+    Action("refine_here", "", "Shift-R",
+           "Refine the label under the cursor (else the selected label) on this slice",
+           lambda a, c: a.refine(at_cursor=True, blocking=False)),
+    Action("next_doubtful", "Next doubtful", "Shift-D",
+           "Go to the next doubtful slice of the last propagation (a stop rule fired, or the "
+           "score / IoU with the previous slice is low or dropped)",
+           lambda a, c: a.next_doubtful(), group="review"),
     Action("everything", "Everything", None,
            "Segment every object of this slice into the 'everything' layer for review",
            lambda a, c: a.segment_everything(blocking=False, stack=c.stack,
@@ -105,6 +152,15 @@ ACTIONS: tuple[Action, ...] = (
     Action("commit_everything", "Commit everything", None,
            "Merge the 'everything' layer into the labels (existing labels are kept)",
            lambda a, c: a.commit_everything(), group="everything"),
+    Action("find_similar", "Find all like this", "Shift-F",
+           "Find objects like the last committed (or the selected) label(s) into the "
+           "'everything' layer; the threshold re-ranks them, 'Commit everything' commits",
+           lambda a, c: a.find_similar(blocking=False, stack=c.stack, **dict(c.everything_params)),
+           group="everything"),
+    Action("adapt", "Learn from labels", None,
+           "Fine-tune the model on the objects of the labels layer (about a minute on a "
+           "CPU); it is used for this image when it beats the base model on held-back objects",
+           lambda a, c: a.adapt(objects=c.adapt_objects, blocking=False), group="learn"),
     Action("save_prompts", "Save prompts...", None,
            "Save all prompts to a JSON file (image pixel coordinates)",
            lambda a, c: a.save_prompts(c.path), group="files", path="save"),

@@ -7,7 +7,10 @@ Qt- and napari-free: background embeddings are ``"embed"``
 through its array (``source[slice_index]``), never through a napari layer, so
 worker threads touch no GUI object.
 
-Cache keys are ``(layer_key, slice_index, contrast_limits, model_key)``.
+Cache keys are ``(layer_key, slice_index, limits, model_key)``; ``limits`` is
+the token of the :class:`~napari_sam.annotation.intensity.IntensityRange`
+(:data:`~napari_sam.annotation.intensity.ROBUST`, or the display limits),
+resolved to numbers only where a slice is normalized (in the job's thread).
 
 Lookup order: the in-memory cache, then the embedding store of a
 :class:`~napari_sam.annotation.store_link.StoreLink` (one slice read), else
@@ -26,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.annotation.jobs import Job, JobRunner
+from napari_sam.annotation.intensity import IntensityRange
+from napari_sam.annotation.jobs import Job, JobRunner, Status
 from napari_sam.annotation.scheduler import EmbeddingScheduler, EmbedRequest
 from napari_sam.annotation.slicing import ImageGeometry, neighbour_indices
 from napari_sam.annotation.store_link import StoreLink
@@ -54,6 +58,9 @@ class SliceEmbedder:
     on_embedded : ``on_embedded(slice_index)`` when a background embedding is stored
     store : a :class:`~napari_sam.annotation.store_link.StoreLink` (embeddings on
         disk), or None for memory only
+    intensity : the image's :class:`~napari_sam.annotation.intensity.IntensityRange`
+        (None: contrast limits are given as numbers)
+    describe : ``describe(slice_index) -> str`` for messages (e.g. ``"t=1, z=14"``)
     """
 
     def __init__(
@@ -70,8 +77,12 @@ class SliceEmbedder:
         precision: str = "auto",
         on_embedded: Callable[[Index], None] | None = None,
         store: StoreLink | None = None,
+        intensity: IntensityRange | None = None,
+        describe: Callable[[Index], str] | None = None,
     ) -> None:
         self.source = source
+        self.intensity = intensity
+        self.describe = describe or (lambda idx: f"slice {idx}")
         self.geometry = geometry
         self.layer_key = layer_key
         self.cache = cache
@@ -125,6 +136,18 @@ class SliceEmbedder:
             self._set_model_key()
         self.cache.discard_where(lambda key: key[3] == old)
 
+    def loading(self) -> Iterator[Any]:
+        """Job steps: load the model (saying so first when it is not loaded yet).
+
+        Yields a :class:`~napari_sam.annotation.jobs.Status` and ``"model loaded"``;
+        returns the predictor.
+        """
+        if self._predictor is None:
+            yield Status(f"loading model {self._model} (first use)")
+        predictor = self.load_predictor()
+        yield "model loaded"
+        return predictor
+
     def load_predictor(self) -> Any:
         """The predictor, loading the model now if needed (thread-safe, blocking)."""
         with self._predictor_lock:
@@ -135,6 +158,25 @@ class SliceEmbedder:
             return self._predictor
 
     # ------------------------------------------------------------ embeddings
+    def limits(self) -> Any:
+        """The limits token of the cache keys now (main thread); see the module doc."""
+        if self.intensity is None:
+            raise RuntimeError("no IntensityRange given: pass contrast limits explicitly")
+        return self.intensity.token()
+
+    def resolve(self, cl: Any) -> Limits:
+        """``(low, high)`` of a limits token (any thread; may measure the robust range)."""
+        if self.intensity is None:
+            low, high = cl
+            return (float(low), float(high))
+        return self.intensity.resolve(cl)
+
+    def measuring(self, cl: Any) -> Iterator[Any]:
+        """Job steps: resolve ``cl``, saying so when the image must be read first."""
+        if self.intensity is not None and self.intensity.needs_measuring(cl):
+            yield Status("measuring the intensity range of the image")
+        return self.resolve(cl)
+
     def key(self, idx: Index, cl: Limits) -> tuple:
         """Cache key of slice ``idx`` normalized with contrast limits ``cl``."""
         return (self.layer_key, tuple(idx), cl, self._model_key)
@@ -157,6 +199,7 @@ class SliceEmbedder:
     def _compute(self, idx: Index, cl: Limits) -> Any:
         predictor = self.load_predictor()
         image = self.read_slice(idx)
+        cl = self.resolve(cl)
         compute = partial(self._embed, predictor, image, cl)
         link = self.store
         store = None if link is None else link.store_for(predictor, cl, self._model_key)
@@ -171,7 +214,11 @@ class SliceEmbedder:
     def stored(self, cl: Limits) -> Any:
         """The :class:`~napari_sam.store.EmbeddingStore` serving ``cl`` and the current
         model, or None (memory only, or nothing embedded yet)."""
-        return None if self.store is None else self.store.current(self._model_key, cl)
+        if self.store is None:
+            return None
+        if self.intensity is not None and self.intensity.needs_measuring(cl):
+            return None  # nothing embedded with it yet
+        return self.store.current(self._model_key, self.resolve(cl))
 
     # ------------------------------------------------------------ background
     @property
@@ -205,7 +252,7 @@ class SliceEmbedder:
     def job(self, idx: Index, cl: Limits, *, prefetch: bool = False) -> Job:
         """The ``"embed"`` job of slice ``idx``: loads the model, then embeds (or reads
         the store); returns the embedding, which is in the cache afterwards."""
-        what = f"{'prefetching' if prefetch else 'embedding'} slice {idx}"
+        what = f"{'prefetching' if prefetch else 'embedding'} {self.describe(idx)}"
         return Job("embed", what, partial(self._steps, idx, cl), total=2, background=prefetch)
 
     def _launch(self, req: EmbedRequest, finished: Callable[[], None]) -> Any:
@@ -215,9 +262,11 @@ class SliceEmbedder:
         job.on_finished = finished
         return self.runner.run(job, blocking=False)
 
-    def _steps(self, idx: Index, cl: Limits, cancel: threading.Event) -> Iterator[str]:
-        self.load_predictor()
-        yield "model loaded"
+    def _steps(self, idx: Index, cl: Limits, cancel: threading.Event) -> Iterator[Any]:
+        yield from self.loading()
+        yield from self.measuring(cl)
+        if not self.is_cached(idx, cl):
+            yield Status(f"embedding {self.describe(idx)}")
         embedding = self.embedding(idx, cl)
         yield "embedded"
         return embedding

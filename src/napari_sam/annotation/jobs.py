@@ -16,6 +16,8 @@ What a job's generator yields:
 * a :class:`Progress` ``(done, total)``: the job's own count (e.g. everything
   mode's embeddings and decoder batches);
 * a ``str``: one step done, and the new status text (e.g. ``"model"``);
+* a :class:`Status`: the new status text only (what starts now, e.g.
+  ``"loading model micro"``), no step done;
 * anything else: one step done, and the value goes to ``job.on_item`` on the
   main thread (e.g. one propagated slice).
 
@@ -41,6 +43,7 @@ __all__ = [
     "JobSink",
     "Launch",
     "Progress",
+    "Status",
     "caught",
     "reporting",
 ]
@@ -53,6 +56,12 @@ class Progress(NamedTuple):
 
     done: int
     total: int
+
+
+class Status(NamedTuple):
+    """What a job starts doing now (the status text), yielded by its generator."""
+
+    text: str
 
 
 @dataclass(frozen=True)
@@ -304,6 +313,9 @@ class JobRunner:
             return
         if isinstance(value, Progress):
             self._update(job, done=value.done, total=value.total)
+            return
+        if isinstance(value, Status):
+            self._update(job, text=value.text)
             return
         if isinstance(value, str):
             self._update(job, done=current.done + 1, text=value)

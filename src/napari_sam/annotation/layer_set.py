@@ -11,6 +11,10 @@ events).
 The prompt, preview and labels layers it creates get the image's ``scale``,
 ``translate``, ``units`` and ``axis_labels``, so their data is in the image's
 pixel coordinates and they sit exactly on the image in world coordinates.
+Each carries ``metadata["napari_sam"] = {"role": ..., "image": <image uid>}``,
+so that a later annotator of the same image (e.g. the dock widget closed and
+opened again) finds and adopts them (:func:`existing_layers`) instead of
+creating a second set.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ __all__ = [
     "PREVIEW_COLOR",
     "TRANSFORM_EVENTS",
     "AnnotatorLayers",
+    "existing_layers",
 ]
 
 #: Colour of positive (foreground) points.
@@ -39,6 +44,50 @@ NEGATIVE_COLOR = "magenta"
 PREVIEW_COLOR = "yellow"
 #: Layer events after which a layer's world <-> data transform is recomputed.
 TRANSFORM_EVENTS = ("scale", "translate", "rotate", "shear", "affine", "units")
+#: ``metadata`` key marking the layers an annotator made.
+METADATA_KEY = "napari_sam"
+#: Role of each layer an annotator makes: (Annotator argument, name suffix).
+ROLES = {
+    "labels": ("labels_layer", "labels"),
+    "points": ("points_layer", "SAM points"),
+    "shapes": ("shapes_layer", "SAM boxes"),
+    "preview": ("preview_layer", "SAM preview"),
+    "everything": ("everything_layer", "everything"),
+}
+
+
+def layer_role(layer: Any, image: Any) -> str | None:
+    """The role (``"labels"``, ``"points"``...) of a layer an annotator of ``image``
+    made, or None for any other layer."""
+    tag = getattr(layer, "metadata", {}).get(METADATA_KEY)
+    if isinstance(tag, dict) and tag.get("image") == image.unique_id:
+        return tag.get("role")
+    return None
+
+
+def existing_layers(viewer: Any, image: Any) -> dict[str, Any]:
+    """The layers an earlier annotator of ``image`` made, as Annotator arguments.
+
+    Found by their ``metadata`` tag, else by their usual name
+    (``"<image> labels"``...) when type and dimensionality fit; e.g.
+    ``{"labels_layer": ..., "points_layer": ...}`` (missing roles are left out).
+    """
+    from napari.layers import Labels, Points, Shapes
+
+    kinds = {"labels": Labels, "points": Points, "shapes": Shapes, "preview": Labels,
+             "everything": Labels}
+    found: dict[str, Any] = {}
+    for role, (argument, suffix) in ROLES.items():
+        tagged = [ly for ly in viewer.layers if layer_role(ly, image) == role]
+        named = [ly for ly in viewer.layers if ly.name == f"{image.name} {suffix}"
+                 and isinstance(ly, kinds[role]) and ly.ndim == image.ndim
+                 and layer_role(ly, image) in (None, role)]
+        if role in ("labels", "preview", "everything"):
+            named = [ly for ly in named if not ly.multiscale
+                     and tuple(ly.data.shape) == tuple(image.data.shape[: image.ndim])]
+        if tagged or named:  # the latest tagged one (e.g. a "new labels layer" chosen)
+            found[argument] = tagged[-1] if tagged else named[0]
+    return found
 
 
 def find_layer(viewer: Any, layer: Any, what: str) -> Any:
@@ -105,7 +154,9 @@ class AnnotatorLayers:
     everything : the everything review layer (None until first needed)
     geometry : the image's :class:`~napari_sam.annotation.slicing.ImageGeometry`
     source : the image array (multiscale: level 0)
-    owns_labels : True when the labels layer was created here
+    owns_labels : True when the labels layer was created here (or by an earlier
+        annotator of this image)
+    axis_names : names of the leading axes for messages (``("t", "z")``)
     """
 
     def __init__(
@@ -117,33 +168,56 @@ class AnnotatorLayers:
         points: Any = None,
         shapes: Any = None,
         preview: Any = None,
+        everything: Any = None,
         warn: Callable[[str], None] | None = None,
     ) -> None:
+        from napari_sam.annotation.slicing import lead_axis_names
+
         self.viewer = viewer
         self.image = find_layer(viewer, image_layer, "image_layer")
         self.geometry = image_geometry(self.image)
+        self.axis_names = lead_axis_names(getattr(self.image, "axis_labels", None),
+                                          self.geometry.n_lead)
         self.source = self.image.data[0] if self.image.multiscale else self.image.data
-        self.owns_labels = labels is None
         self.labels = self._labels(labels, warn or (lambda text: None))
+        self.owns_labels = labels is None or layer_role(self.labels, self.image) == "labels"
         self.preview = self._preview(preview)
         self.shapes = self._shapes(shapes)
         self.points = self._points(points)
         self.everything: Any = None
+        if everything is not None:
+            from napari.layers import Labels
+
+            self.everything = self._adopt(everything, Labels, "everything_layer")
         self._affines: dict[tuple[int, str], np.ndarray] = {}
         for layer in self.prompt_sources:
             for name in TRANSFORM_EVENTS:
                 getattr(layer.events, name).connect(self._transform_changed)
 
     # ------------------------------------------------------------- creation
-    def kwargs(self, name: str) -> dict:
-        """Keyword arguments of a new layer named ``"<image> name"`` on the image."""
+    def kwargs(self, role: str) -> dict:
+        """Keyword arguments of a new layer of ``role`` (:data:`ROLES`) on the image."""
         return {
-            "name": f"{self.image.name} {name}",
+            "name": f"{self.image.name} {ROLES[role][1]}",
             "scale": self.geometry.scale,
             "translate": self.geometry.translate,
             "units": self.image.units,
             "axis_labels": self.image.axis_labels,
+            "metadata": {METADATA_KEY: {"role": role, "image": self.image.unique_id}},
         }
+
+    def where(self, index: Any) -> str:
+        """A slice for people: ``"z=14"``, ``"t=1, z=14"``, ``"the image"`` (2D)."""
+        from napari_sam.annotation.slicing import describe_slice
+
+        return describe_slice(tuple(index), self.axis_names)
+
+    @property
+    def helpers(self) -> tuple[Any, ...]:
+        """The annotator's own layers other than the labels: points, boxes, preview,
+        everything review."""
+        return tuple(ly for ly in (self.points, self.shapes, self.preview, self.everything)
+                     if ly is not None)
 
     def _adopt(self, layer: Any, kind: type, what: str) -> Any:
         layer = find_layer(self.viewer, layer, what)
@@ -188,7 +262,7 @@ class AnnotatorLayers:
         return self.viewer.add_labels(
             np.zeros(self.geometry.shape, dtype=np.uint8), opacity=0.6,
             colormap=DirectLabelColormap(color_dict={None: PREVIEW_COLOR, 0: "transparent"}),
-            **self.kwargs("SAM preview"),
+            **self.kwargs("preview"),
         )
 
     def _shapes(self, shapes: Any) -> Any:
@@ -199,7 +273,7 @@ class AnnotatorLayers:
         h, w = self.geometry.slice_shape
         return self.viewer.add_shapes(
             ndim=self.geometry.ndim, edge_color="yellow", face_color="transparent",
-            edge_width=max(1.0, min(h, w) / 200), **self.kwargs("SAM boxes"),
+            edge_width=max(1.0, min(h, w) / 200), **self.kwargs("shapes"),
         )
 
     def _points(self, points: Any) -> Any:
@@ -219,20 +293,36 @@ class AnnotatorLayers:
                 face_color="positive",
                 face_color_cycle={True: POSITIVE_COLOR, False: NEGATIVE_COLOR},
                 size=max(3.0, min(h, w) / 40),
-                **self.kwargs("SAM points"),
+                **self.kwargs("points"),
             )
         layer.mode = "add"
         self.viewer.layers.selection.active = layer
         return layer
 
     def ensure_everything(self) -> Any:
-        """The everything review layer, created (or added back) when needed."""
+        """The everything review layer, created (or added back) when needed.
+
+        It goes just below the preview layer (previews and prompts stay on
+        top), and the layer that was active (the points, normally) stays
+        active, in its mode: the next click still adds a point.
+        """
         layer = self.everything
-        if layer is None or layer not in self.viewer.layers:
-            layer = self.everything = self.viewer.add_labels(
+        if layer is not None and layer in self.viewer.layers:
+            return layer
+        layers = self.viewer.layers
+        active = layers.selection.active
+        if layer is None:
+            from napari.layers import Labels
+
+            layer = self.everything = Labels(
                 np.zeros(self.geometry.shape, dtype=np.uint32), opacity=0.6,
                 **self.kwargs("everything"),
             )
+        below = [layers.index(ly) for ly in (self.preview, self.shapes, self.points)
+                 if ly in layers]
+        layers.insert(min(below) if below else len(layers), layer)
+        if active is not None and active in layers:
+            layers.selection.active = active
         return layer
 
     def ensure_labels_shown(self) -> None:
@@ -284,7 +374,7 @@ class AnnotatorLayers:
                 getattr(layer.events, name).disconnect(self._transform_changed)
 
     def remove_helpers(self) -> None:
-        """Remove the points, shapes and preview layers (never the labels)."""
-        for layer in (self.points, self.shapes, self.preview):
+        """Remove the points, shapes, preview and everything layers (never the labels)."""
+        for layer in self.helpers:
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)

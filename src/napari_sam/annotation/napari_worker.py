@@ -1,4 +1,4 @@
-"""The one place where a job meets a thread: napari's ``thread_worker`` machinery.
+"""napari glue of the job runner: workers (napari's ``thread_worker``) and notifications.
 
 :func:`launch` is the :data:`~napari_sam.annotation.jobs.Launch` of the
 annotator's :class:`~napari_sam.annotation.jobs.JobRunner`. It imports
@@ -10,12 +10,27 @@ signals). Needs a running Qt event loop for the results to arrive.
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any
 
-from napari_sam.annotation.jobs import Failure, Job, JobSink, Progress, caught
+from napari_sam.annotation.jobs import Failure, Job, JobSink, Progress, Status, caught
 
-__all__ = ["launch"]
+__all__ = ["launch", "notify"]
+
+logger = logging.getLogger("napari_sam")
+
+
+def notify(viewer: Any, message: Any) -> None:
+    """Show a :class:`~napari_sam.annotation.state.Message`: a ``"status"`` in the viewer's
+    status bar, anything louder as a napari notification (and in the log)."""
+    if message.level == "status":
+        viewer.status = message.text
+        return
+    from napari.utils.notifications import show_error, show_info, show_warning
+
+    getattr(logger, message.level)(message.text)
+    {"info": show_info, "warning": show_warning, "error": show_error}[message.level](message.text)
 
 
 def launch(job: Job, sink: JobSink) -> Any:
@@ -31,6 +46,8 @@ def launch(job: Job, sink: JobSink) -> Any:
         if isinstance(value, Progress) and pbar is not None:  # the job's own count
             pbar.total = value.total
             pbar.update(value.done - pbar.n)
+        elif isinstance(value, Status) and pbar is not None and pbar.n > 0:
+            pbar.update(-1)  # napari counted the yield as a step; a status is none
         sink.yielded(job, value)
 
     def returned(value: Any) -> None:

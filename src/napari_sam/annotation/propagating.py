@@ -19,7 +19,79 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PendingSlices", "choose_ids", "seeds_from_slice"]
+__all__ = [
+    "STOP_LEVELS",
+    "PendingSlices",
+    "choose_ids",
+    "reach_summary",
+    "seeds_from_slice",
+    "stop_rule_options",
+]
+
+#: Positions of the widget's "stop earlier / later" slider: -2 (earliest) .. 2.
+STOP_LEVELS = (-2, -1, 0, 1, 2)
+# what one slider step changes: fade share, score and IoU thresholds
+_STOP_STEP = {"fade_threshold": 0.1, "score_threshold": 0.1, "iou_threshold": 0.1}
+_STOP_WORDS = {
+    "end": "stack end", "z_range": "range end", "vanished": "vanished", "changed": "changed",
+    "low_score": "low score", "faded": "faded", "stop_marker": "stop marker",
+    "no_prompt": "no prompt", "cancelled": "cancelled",
+}
+
+
+def stop_rule_options(model_name: str | None, level: int) -> dict[str, float]:
+    """Propagation stop thresholds for the slider position ``level`` (see :data:`STOP_LEVELS`).
+
+    0 is the model's recommendation (:func:`napari_sam.model.registry.recommended_propagation`,
+    else propagation's defaults) and returns ``{}``, so propagation decides.
+    Each step towards "later" (positive) lowers the fade share, the score and
+    the IoU thresholds by 0.1 (an object is followed further into dim or
+    changing slices); each step towards "earlier" raises them (a fade rule that
+    the model leaves off starts at 0.1 per step).
+    """
+    from napari_sam.model.registry import recommended_propagation
+    from napari_sam.propagation.engine import (
+        DEFAULT_FADE_THRESHOLD,
+        DEFAULT_IOU_THRESHOLD,
+        DEFAULT_SCORE_THRESHOLD,
+    )
+
+    level = int(level)
+    if level not in STOP_LEVELS:
+        raise ValueError(f"stop level must be one of {STOP_LEVELS}, got {level!r}")
+    if level == 0:
+        return {}
+    base = {"fade_threshold": DEFAULT_FADE_THRESHOLD, "score_threshold": DEFAULT_SCORE_THRESHOLD,
+            "iou_threshold": DEFAULT_IOU_THRESHOLD}
+    base.update({k: float(v) for k, v in recommended_propagation(model_name).items()
+                 if k in base})
+    out = {}
+    for name, value in base.items():
+        if name == "fade_threshold" and value <= 0 and level > 0:
+            out[name] = 0.0  # off stays off when following further
+            continue
+        out[name] = round(min(0.95, max(0.0, value - level * _STOP_STEP[name])), 3)
+    return out
+
+
+def reach_summary(written: dict[int, list[int]], records: Sequence[Any], axis: str = "z") -> str:
+    """Per object, the range reached and why each direction stopped, for the status line:
+    ``"1: z=3-11 (faded at z=12, stack end at z=11)"``."""
+    parts = []
+    for oid, zs in written.items():
+        if not zs:
+            parts.append(f"{oid}: nothing")
+            continue
+        span = f"{min(zs)}-{max(zs)}" if len(set(zs)) > 1 else f"{zs[0]}"
+        text = f"{oid}: {axis}={span}"
+        stops = sorted((r for r in records if getattr(r, "object_id", None) == oid
+                        and getattr(r, "status", "ok") not in ("seed", "ok")),
+                       key=lambda r: r.z)
+        if stops:
+            text += " (" + ", ".join(f"{_STOP_WORDS.get(r.status, r.status)} at {axis}={r.z}"
+                                     for r in stops) + ")"
+        parts.append(text)
+    return "; ".join(parts)
 
 Index = tuple[int, ...]
 
@@ -66,6 +138,7 @@ class PendingSlices:
     Attributes
     ----------
     written : ``{object_id: [z, ...]}`` in arrival order
+    records : every ``SliceRecord`` of the updates (why each direction stopped)
     """
 
     def __init__(
@@ -75,6 +148,7 @@ class PendingSlices:
         self.display = display
         self.labels = labels
         self.written: dict[int, list[int]] = {int(i): [] for i in ids}
+        self.records: list[Any] = []  # every SliceRecord, in arrival order
         # slice index -> {id: (row0, col0, mask of the bounding box)}
         self._slices: dict[Index, dict[int, tuple[int, int, np.ndarray]]] = {}
 
@@ -86,7 +160,8 @@ class PendingSlices:
 
         Returns its slice index.
         """
-        idx = (*self.lead, int(update.z))
+        idx = self.index_of(int(update.z))
+        self.records.extend(getattr(update, "records", {}).values())
         kept = self._slices.setdefault(idx, {})
         shown = None
         for oid, mask in update.masks.items():
@@ -103,6 +178,11 @@ class PendingSlices:
             self.display.data[idx] = np.where(shown, 1, self.display.data[idx])
             self.display.refresh()
         return idx
+
+    def index_of(self, z: int) -> Index:
+        """The slice index of position ``z`` along the propagation axis (``(*lead, z)``;
+        tracking along another axis overrides it)."""
+        return (*self.lead, int(z))
 
     def masks(self, shape: tuple[int, int]) -> Iterator[tuple[Index, dict[int, np.ndarray]]]:
         """``(slice_index, {id: (Y, X) bool mask})`` of everything kept, in arrival order

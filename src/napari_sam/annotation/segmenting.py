@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.annotation.preview import Preview
+from napari_sam.annotation.preview import Preview, split_points
 from napari_sam.annotation.prompts import ObjectPrompt, SlicePrompts, decode_objects
 from napari_sam.annotation.slicing import apply_affine, nearest_index, world_slice_index
 from napari_sam.annotation.state import Commit
@@ -61,7 +61,7 @@ class Segmenter:
         """Decode ``prompts`` into ``state.preview``; see :meth:`napari_sam.Annotator.segment`."""
         if not self._check(prompts):
             return []
-        idx, cl = prompts.slice_index, self.layers.contrast_limits
+        idx, cl = prompts.slice_index, self.embedder.limits()
         key = self.embedder.key(idx, cl)
         emb = self.embedder.cache.get(key)
         if emb is None and blocking:
@@ -70,7 +70,8 @@ class Segmenter:
             return self.decode_and_show(prompts, emb)
         self.state.waiting = prompts  # decoded when the embedding is ready
         self.embedder.request(idx, cl, on_ready=partial(self._ready, key))
-        self._say("info", f"embedding slice {idx}; the preview appears when it is ready")
+        self._say("status", f"embedding {self.layers.where(idx)}; the preview appears when "
+                  "it is ready")
         return None
 
     def prompts_changed(self, prompts: SlicePrompts) -> None:
@@ -89,7 +90,7 @@ class Segmenter:
         for message in prompts.messages:
             self._say("warning", message)
         if not prompts.objects and not prompts.messages:
-            self._say("warning", f"no prompts on slice {prompts.slice_index}: add a "
+            self._say("warning", f"no prompts on {self.layers.where(prompts.slice_index)}: add a "
                       f"positive point or a box in {self.layers.points.name!r} / "
                       f"{self.layers.shapes.name!r}")
         return bool(prompts.objects)
@@ -117,13 +118,27 @@ class Segmenter:
         preview = Preview(idx, tuple(predictions), hover=hover, prompts=tuple(prompts.objects))
         self.state.preview = preview
         if not hover:
-            scores = ", ".join(f"{s:.2f}" for s in preview.scores)
-            extra = (f" (mask {preview.rank}/{preview.n_candidates}, Shift+N: next)"
-                     if preview.n_candidates > 1 else "")
-            self._say("status", f"slice {idx}: {preview.n_objects} object(s), "
-                      f"score {scores}{extra}")
+            self._say("status", self.describe(preview))
             self.events.segmented(slice_index=idx, masks=preview.masks)
         return preview.masks
+
+    def describe(self, preview: Preview) -> str:
+        """The status line for a preview: what was found, where, and what is odd."""
+        where = self.layers.where(preview.slice_index)
+        empty = preview.empty_message(where)
+        if empty is not None and all(preview.empty):
+            return empty
+        found = [s for s, e in zip(preview.scores, preview.empty) if not e]
+        text = (f"{where}: {len(found)} object(s), score {', '.join(f'{s:.2f}' for s in found)}"
+                f", {sum(preview.areas)} px")
+        if preview.n_shown_candidates > 1:
+            text += f" (mask {preview.rank}/{preview.n_candidates}, Shift+N: next)"
+        if preview.n_objects == 1 and preview.prompts:
+            n_points, parts = split_points(preview.masks[0], preview.prompts[0])
+            if parts > 1:
+                text += (f". {n_points} points -> 1 object (tick 'each positive point is an "
+                         "object' to segment them separately)")
+        return text if empty is None else f"{text}. {empty}"
 
     def show_preview(self, preview: Preview | None, old: Preview | None = None) -> None:
         """Draw ``state.preview`` into the preview layer (its observer; main thread)."""
@@ -143,9 +158,13 @@ class Segmenter:
         if preview is None or preview.n_candidates < 2:
             self._say("info", "next mask: segment a single object first (one set of prompts)")
             return None
+        if preview.n_shown_candidates < 2:
+            self._say("status", f"next mask: no other candidate ({preview.n_candidates - 1} "
+                      "other(s) are empty)")
+            return preview.masks[0]
         self.state.preview = preview = preview.next_candidate()
         self._say("status", f"mask {preview.rank}/{preview.n_candidates}, "
-                  f"score {preview.scores[0]:.3f}")
+                  f"score {preview.scores[0]:.3f}, {preview.areas[0]} px")
         return preview.masks[0]
 
     def hover(self, world_position: Sequence[float], background: bool) -> list | None:
@@ -163,7 +182,7 @@ class Segmenter:
             return None
         if self.prompts.any_on(idx):
             return None  # slices with prompts keep their own preview
-        cl = self.layers.contrast_limits
+        cl = self.embedder.limits()
         emb = self.embedder.cache.get(self.embedder.key(idx, cl))
         if emb is None:
             if background:
@@ -173,9 +192,29 @@ class Segmenter:
         obj = ObjectPrompt(rc[None], np.ones(1, dtype=np.int64))
         return self.decode_and_show(SlicePrompts(idx, (obj,)), emb, hover=True)
 
+    def after_undo(self, kind: str) -> None:
+        """``"undone"`` / ``"redone"`` on the labels layer: a fresh status line, and the
+        last commit forgotten when its objects are gone (propagation's default)."""
+        idx = self.state.current_slice
+        if self.runner.closed or idx is None:
+            return
+        layer = self.layers.labels
+        last = self.state.last_commit
+        if last is not None:
+            there = set(np.unique(np.asarray(layer.data[last.slice_index])).tolist())
+            if not set(last.label_ids) & there:
+                self.state.last_commit = None
+        present = set(np.unique(np.asarray(layer.data[idx])).tolist()) - {0}
+        self._say("status", f"{kind} on {layer.name!r}: {len(present)} object(s) on "
+                  f"{self.layers.where(idx)}")
+
     # -------------------------------------------------------------- commit
     def commit(self, label_id: Any, overwrite: bool, clear_prompts: bool) -> list[int]:
-        """See :meth:`napari_sam.Annotator.commit`."""
+        """See :meth:`napari_sam.Annotator.commit`.
+
+        Objects whose mask is (nearly) empty are never committed: the message
+        says so (and where), instead of blaming existing labels.
+        """
         preview = self.state.preview
         if preview is None:
             self._say("warning", "nothing to commit: segment first")
@@ -183,11 +222,22 @@ class Segmenter:
         if self.runner.running("propagate"):
             self._say("warning", "a propagation is running; commit when it is done")
             return []
+        idx = preview.slice_index
+        where = self.layers.where(idx)
+        keep = [i for i, e in enumerate(preview.empty) if not e]
+        if not keep:
+            self._say("warning", f"nothing committed: {preview.empty_message(where)}")
+            return []
+        if label_id is not None and not np.isscalar(label_id):
+            given = [int(i) for i in label_id]
+            if len(given) == preview.n_objects:  # ids of the objects committed
+                label_id = [given[i] for i in keep]
         self.layers.ensure_labels_shown()
-        layer, idx = self.layers.labels, preview.slice_index
-        ids = resolve_label_ids(label_id, preview.n_objects, layer.data)
+        layer = self.layers.labels
+        masks = [preview.masks[i] for i in keep]
+        ids = resolve_label_ids(label_id, len(masks), layer.data)
         try:
-            result = self.writer.write_objects(preview.masks, idx, ids, overwrite=overwrite)
+            result = self.writer.write_objects(masks, idx, ids, overwrite=overwrite)
         except (ValueError, TypeError) as err:
             self._say("error", f"commit failed, labels unchanged: {err}")
             return []
@@ -196,15 +246,18 @@ class Segmenter:
             self._say("info", f"labels layer {layer.name!r} converted {old} -> {new} "
                       f"to hold id {max(ids)}")
         if result.skipped:
-            self._say("warning", f"object(s) {result.skipped} not written: their pixels "
-                      "already hold other labels (commit with overwrite=True to replace)")
+            self._say("warning", f"object(s) {result.skipped} not written on {where}: every "
+                      f"pixel of their mask already holds another label in {layer.name!r} "
+                      "(commit with overwrite=True to replace)")
         if result.written:
             layer.selected_label = result.written[-1]
             self.state.last_commit = Commit(idx, tuple(result.written))
         self.state.preview = None
         if clear_prompts:
             self.prompts.remove(idx)
-        self._say("status", f"committed label(s) {result.written} on slice {idx} "
-                  "(undo: Ctrl+Z on the labels layer)")
+        empty = preview.empty_message(where) if len(keep) < preview.n_objects else None
+        self._say("status", f"committed label(s) {result.written} on {where} into "
+                  f"{layer.name!r} (undo: Ctrl+Z on the labels layer)"
+                  + (f". {empty}" if empty else ""))
         self.events.committed(slice_index=idx, label_ids=result.written)
         return result.written

@@ -26,11 +26,38 @@ import numpy as np
 __all__ = [
     "ImageGeometry",
     "apply_affine",
+    "describe_slice",
     "layer_affine",
+    "lead_axis_names",
     "nearest_index",
     "neighbour_indices",
     "world_slice_index",
 ]
+
+
+def lead_axis_names(axis_labels: Sequence[str] | None, n_lead: int) -> tuple[str, ...]:
+    """Names of the leading axes for messages: the layer's axis labels, where given.
+
+    napari's default labels (``"-3"``, ``"0"``...) are replaced by the usual
+    names: the last leading axis is ``z``, the one before ``t``, earlier ones
+    ``axis 0``, ``axis 1``...
+    """
+    given = list(axis_labels or [])[:n_lead]
+    names = []
+    for i in range(n_lead):
+        label = str(given[i]).strip() if i < len(given) else ""
+        if not label or label.lstrip("-").isdigit():
+            from_end = n_lead - i
+            label = {1: "z", 2: "t"}.get(from_end, f"axis {i}")
+        names.append(label)
+    return tuple(names)
+
+
+def describe_slice(index: Sequence[int], names: Sequence[str]) -> str:
+    """A slice for people: ``"t=1, z=14"``; ``"the image"`` for a 2D image (``()``)."""
+    if not len(index):
+        return "the image"
+    return ", ".join(f"{name}={int(i)}" for name, i in zip(names, index))
 
 
 def nearest_index(values: Any) -> np.ndarray:

@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.annotation.propagating import PendingSlices, choose_ids, seeds_from_slice
+from napari_sam.annotation.propagating import (
+    PendingSlices,
+    choose_ids,
+    reach_summary,
+    seeds_from_slice,
+)
 from napari_sam.annotation.stack_jobs import everything_job, propagation_job
 from napari_sam.annotation.state import EverythingResult
 from napari_sam.labels import resolve_label_ids
@@ -66,8 +71,8 @@ class StackActions:
         last_ids = last.label_ids if last is not None and last.slice_index == idx else None
         ids, problem = choose_ids(set(np.unique(current).tolist()) - {0}, label_id, last_ids)
         if problem:
-            self._say("warning", f"nothing to propagate from slice {idx}: {problem}; "
-                      "commit an object first")
+            self._say("warning", f"nothing to propagate from {self.layers.where(idx)}: "
+                      f"{problem}; commit an object first")
             return None
         lead = idx[:-1]
         job = propagation_job(self.embedder, lead, seeds_from_slice(current, ids, idx[-1]), cl,
@@ -75,15 +80,19 @@ class StackActions:
         pending = PendingSlices(lead, ids, display=self.layers.preview, labels=labels)
 
         def arrived(update: Any) -> None:
-            self.events.propagation_step(slice_index=pending.add(update))
+            self.events.propagation_step(slice_index=pending.add(update), records=tuple(
+                getattr(update, "records", {}).values()))  # for the review of doubtful slices
 
         def finished() -> None:  # also after a cancel, an error or close: nothing is lost
             pending.flush(self.writer, self.layers.geometry.slice_shape)
             if not self.runner.closed:
                 n = sum(len(v) for v in pending.written.values())
-                self._say("status", f"propagated {ids}: {n} object-slice(s) written "
-                          "(one undo step)")
-                self.events.propagated(slice_index=idx, written=pending.written)
+                reach = reach_summary(pending.written, pending.records,
+                                      self.layers.axis_names[-1])
+                self._say("status", f"propagated {ids}: {n} object-slice(s) written (one "
+                          f"undo step). Reached {reach}")
+                self.events.propagated(slice_index=idx, written=pending.written,
+                                       records=tuple(pending.records))
 
         job.on_item, job.on_finished = arrived, finished
         handle = self.runner.run(job, blocking=blocking)
@@ -117,7 +126,7 @@ class StackActions:
         layer.refresh()
         n = len(np.unique(labels)) - int((labels == 0).any())
         self.state.everything = EverythingResult(tuple(index), stack, n)
-        where = "in the stack (3D)" if stack else f"on slice {index}"
+        where = "in the stack (3D)" if stack else f"on {self.layers.where(index)}"
         self._say("status", f"everything: {n} object(s) {where}; review, then "
                   "'Commit everything'")
 
@@ -134,7 +143,7 @@ class StackActions:
         found = np.asarray(layer.data[index])  # (Y, X), or (Z, Y, X) for a stack
         objects = [int(i) for i in np.unique(found) if i != 0]
         if not objects:
-            where = "in this stack" if pending.stack else f"on slice {index}"
+            where = "in this stack" if pending.stack else f"on {self.layers.where(index)}"
             self._say("warning", f"the everything layer has no objects {where}")
             return []
         self.layers.ensure_labels_shown()
@@ -164,7 +173,7 @@ class StackActions:
             result = self.writer.write_objects([found == o for o in objects], index, ids,
                                                overwrite=overwrite)
             written = result.written
-            where, at = f"object(s) from everything on slice {index}", index
+            where, at = f"object(s) from everything on {self.layers.where(index)}", index
         self._clear_everything(layer, index)
         self._say("status", f"committed {len(written)} {where}")
         self.events.committed(slice_index=at, label_ids=written)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.annotation.jobs import Job, reporting
+from napari_sam.annotation.jobs import Job, Status, reporting
 
 __all__ = ["adapt_job", "everything_job", "propagation_job", "stack_at"]
 
@@ -57,15 +57,19 @@ def propagation_job(
     def steps(cancel: threading.Event) -> Iterator[Any]:
         from napari_sam.propagation import propagate_iter
 
-        predictor = embedder.load_predictor()
+        predictor = yield from embedder.loading()
+        limits = yield from embedder.measuring(cl)
+        starts = sorted({int(z) for keyframes in seeds.values() for z in keyframes})
+        yield Status(f"from {embedder.describe((*lead, starts[0]))} "
+                     f"({'both ways' if direction == 'both' else direction})")
         yield from propagate_iter(
             stack_at(embedder, lead), seeds, predictor, direction=direction, z_range=z_range,
-            contrast_limits=cl, embeddings=lambda z: embedder.embedding((*lead, int(z)), cl),
+            contrast_limits=limits, embeddings=lambda z: embedder.embedding((*lead, int(z)), cl),
             **(options or {}),
         )
 
     return Job("propagate", f"propagating {list(ids)}", steps,
-               total=embedder.geometry.lead_shape[-1])
+               total=embedder.geometry.lead_shape[-1] + 1)
 
 
 def everything_job(
@@ -79,29 +83,31 @@ def everything_job(
     """
 
     def steps(cancel: threading.Event) -> Iterator[Any]:
-        predictor = embedder.load_predictor()
-        yield "model loaded"
+        predictor = yield from embedder.loading()
+        limits = yield from embedder.measuring(cl)
         if stack:
             from napari_sam.everything import segment_everything_stack
 
             call = partial(
                 segment_everything_stack, stack_at(embedder, index), predictor=predictor,
-                contrast_limits=cl, cancel=cancel,
+                contrast_limits=limits, cancel=cancel,
                 embeddings=lambda z: embedder.embedding((*index, int(z)), cl), **params,
             )
         else:
             from napari_sam.everything import segment_everything
 
+            yield Status(f"embedding {embedder.describe(index)}")
             embedding = embedder.embedding(index, cl)
             yield "embedded"
             call = partial(
                 segment_everything, embedder.read_slice(index), predictor=predictor,
-                contrast_limits=cl, embedding=embedding, cancel=cancel, **params,
+                contrast_limits=limits, embedding=embedding, cancel=cancel, **params,
             )
+        yield Status("finding every object")
         result = yield from reporting(call)
         return np.asarray(result.labels)
 
-    what = "the stack" if stack else f"slice {index}"
+    what = "the stack" if stack else embedder.describe(index)
     return Job("everything", f"everything on {what}", steps)
 
 

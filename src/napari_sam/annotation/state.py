@@ -107,19 +107,25 @@ class AnnotatorState:
     jobs : the running jobs, oldest first
     last_commit : the last commit (the default objects of a propagation), or None
     everything : the everything result under review, or None
+    review : the doubtful slices of the last (or running) propagation, a
+        :class:`~napari_sam.annotation.review.ReviewList`, or None
     current_slice : the slice the viewer shows (one int per leading axis), or None
     waiting : :class:`~napari_sam.annotation.prompts.SlicePrompts` waiting for the
         embedding of their slice (decoded when it is ready), or None
     message : the last message
+    model : the model in use (registry name, checkpoint path, or an adapted model's
+        path / name)
     """
 
     preview: Any = None
     jobs: tuple[JobStatus, ...] = ()
     last_commit: Commit | None = None
     everything: EverythingResult | None = None
+    review: Any = None
     current_slice: Index | None = None
     waiting: Any = None
     message: Message = field(default_factory=lambda: Message("status", ""))
+    model: str = ""
 
     @property
     def busy(self) -> bool:
