@@ -37,6 +37,7 @@ ANNOTATION_QT_FREE = [
     "actions",
     "adapting",
     "embedder",
+    "extended",
     "intensity",
     "jobs",
     "layers",
@@ -44,18 +45,24 @@ ANNOTATION_QT_FREE = [
     "prompt_layers",
     "prompts",
     "propagating",
+    "refining",
+    "review",
     "scheduler",
+    "scribbling",
     "segmenting",
+    "similar_jobs",
     "slicing",
     "stack",
     "stack_jobs",
     "state",
     "store_link",
+    "tracking",
 ]
 #: annotation/ modules that are napari glue (imports inside functions only).
 ANNOTATION_NAPARI_GLUE = {
     "layer_set": "creates and adopts the layers (napari.layers, colormaps)",
     "napari_worker": "starts jobs in napari.qt.threading workers, shows notifications",
+    "extra_layers": "creates the scribble Labels layer (napari colormaps)",
 }
 
 GUI = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "superqt", "magicgui")

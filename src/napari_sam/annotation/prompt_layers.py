@@ -35,11 +35,19 @@ class PromptLayers:
     Parameters
     ----------
     layers : the annotator's :class:`~napari_sam.annotation.layer_set.AnnotatorLayers`
+
+    Attributes
+    ----------
+    extra : more prompts of a slice, or None: an object with ``join(idx, batch)``
+        (the ``join`` of :func:`~napari_sam.annotation.prompts.collect_slice_prompts`,
+        or None), ``remove(idx)`` and ``any_on(idx)``; the annotator's strokes
+        (:class:`~napari_sam.annotation.scribbling.Scribbles`)
     """
 
     def __init__(self, layers: Any) -> None:
         self.layers = layers
         self.geometry = layers.geometry
+        self.extra: Any = None
 
     @property
     def points(self) -> Any:
@@ -61,7 +69,7 @@ class PromptLayers:
             points=pts.data, positive=positive_feature(pts),
             points_to_image=self.layers.to_image(pts), shapes=list(shp.data),
             shape_types=list(shp.shape_type), shapes_to_image=self.layers.to_image(shp),
-            batch=batch,
+            batch=batch, join=None if self.extra is None else self.extra.join(idx, batch),
         )
 
     def rows(self, idx: Index) -> tuple[np.ndarray, np.ndarray]:
@@ -76,15 +84,18 @@ class PromptLayers:
         )
 
     def any_on(self, idx: Index) -> bool:
-        """True when slice ``idx`` has a point or a shape."""
-        return any(len(rows) for rows in self.rows(idx))
+        """True when slice ``idx`` has a point, a shape or (``extra``) a painted stroke."""
+        return any(len(rows) for rows in self.rows(idx)) or bool(
+            self.extra is not None and self.extra.any_on(idx))
 
     # ------------------------------------------------------------- editing
     def remove(self, idx: Index) -> None:
-        """Remove every point and shape of slice ``idx``."""
+        """Remove every point and shape (and ``extra`` stroke) of slice ``idx``."""
         point_rows, shape_rows = self.rows(idx)
         remove_rows(self.points, point_rows)
         remove_rows(self.shapes, shape_rows)
+        if self.extra is not None:
+            self.extra.remove(idx)
 
     def add_point(self, position: Sequence[float], positive: bool, world: bool) -> None:
         """Add a point at image pixel (or ``world``) coordinates, one per image axis."""

@@ -19,13 +19,18 @@ How prompts become objects
 * Each polygon or ellipse is one object with a mask prompt (the shape
   rasterized on the slice: pixels whose centre lies inside) plus the mask's
   bounding box as a box prompt (SAM's mask-only prompts are weak).
-* Lines and paths are ignored (with a message).
+* Lines and paths are ignored (with a message), unless ``join`` is given: then
+  they are strokes that ``join`` reads itself (see below).
 * A point inside a rectangle, polygon or ellipse joins that shape's object
   (the first such shape), positive or negative.
 * The remaining points form one object when ``batch=False`` (if at least one
   of them is positive); with ``batch=True`` every remaining positive point is
   its own object and every remaining negative point is added to each of them.
 * Points outside the slice (beyond half a pixel) are ignored, with a message.
+* ``join`` (scribbles, a label being refined: :mod:`.scribbling`) takes the
+  remaining points instead: ``join(rows_cols, labels, messages)`` returns the
+  objects they become together with the slice's strokes, and the points it
+  leaves as ordinary points.
 """
 
 from __future__ import annotations
@@ -183,6 +188,7 @@ def collect_slice_prompts(
     shape_types: Sequence[str] = (),
     shapes_to_image: np.ndarray | None = None,
     batch: bool = False,
+    join: Any = None,
 ) -> SlicePrompts:
     """Collect the objects to segment on one slice from point and shape layer data.
 
@@ -208,6 +214,10 @@ def collect_slice_prompts(
         ``Shapes.shape_type``.
     batch : bool
         Every free positive point is its own object (see module docstring).
+    join : callable, optional
+        ``join(rows_cols, labels, messages) -> (objects, rows_cols, labels)``:
+        takes the points outside the shapes (strokes, a refined label; see
+        the module docstring); lines and paths are then not reported.
 
     Returns
     -------
@@ -276,7 +286,7 @@ def collect_slice_prompts(
             objects.append(ObjectPrompt(np.zeros((0, 2)), np.zeros(0, np.int64), box=box,
                                         mask=mask, source=kind))
             regions.append(("mask", mask))
-        else:
+        elif join is None or kind not in ("path", "line"):
             messages.append(
                 f"{kind} {k} ignored: use points, rectangles (box prompts), polygons or ellipses"
             )
@@ -304,6 +314,9 @@ def collect_slice_prompts(
     # ---- remaining points
     free = owner < 0
     free_rc, free_lab = rc[free], lab[free]
+    if join is not None:  # strokes / a refined label take the points they belong with
+        joined, free_rc, free_lab = join(free_rc, free_lab, messages)
+        objects.extend(joined)
     n_pos = int(free_lab.sum())
     if len(free_rc):
         if n_pos == 0:
@@ -343,7 +356,8 @@ def decode_objects(
 
     Objects with the same :attr:`ObjectPrompt.signature` go through one
     ``predictor.predict_batch`` call when the predictor has it (several at
-    once); otherwise ``predictor.predict`` is called per object.
+    once); otherwise ``predictor.predict`` is called per object. An object
+    with a ``decode(predictor, embedding)`` method (a scribble) decodes itself.
 
     Returns
     -------
@@ -352,6 +366,9 @@ def decode_objects(
     results: list[Any] = [None] * len(objects)
     groups: dict[tuple[int, bool, bool], list[int]] = {}
     for i, obj in enumerate(objects):
+        if hasattr(obj, "decode"):  # scribbles: their own decoding (correction points)
+            results[i] = obj.decode(predictor, embedding)
+            continue
         groups.setdefault(obj.signature, []).append(i)
     batched = hasattr(predictor, "predict_batch")
     for (n_pts, has_box, has_mask), members in groups.items():

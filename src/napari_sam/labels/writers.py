@@ -42,7 +42,14 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.labels._checks import as_mask, check_fits, labels_dtype, resolve_slice
+from napari_sam.labels._checks import (
+    as_mask,
+    check_fits,
+    check_label_id,
+    labels_dtype,
+    read,
+    resolve_slice,
+)
 from napari_sam.labels.arrays import apply_edit, revert_edit
 from napari_sam.labels.edits import LabelEdit, plan_checked, plan_objects
 from napari_sam.labels.ids import ensure_dtype
@@ -215,6 +222,45 @@ class LabelsWriter(ABC):
                         self._perform(edit)
                         pixels[int(oid)] = pixels.get(int(oid), 0) + edit.n_pixels
         return pixels
+
+    def replace_object(
+        self, mask: Any, slice_index: Index, label_id: int
+    ) -> tuple[int, int]:
+        """Make ``mask`` the object ``label_id`` on one slice, as ONE undo step.
+
+        The object's pixels on that slice outside ``mask`` become background
+        (0); ``mask`` takes the background pixels under it (the object's own
+        pixels stay); pixels of other labels and of other slices never change.
+        For correcting one existing label (the annotator's "refine").
+
+        Returns
+        -------
+        ``(pixels cleared, pixels added)``
+
+        Raises
+        ------
+        ValueError, TypeError, IndexError
+            A mask, slice or id that does not fit the labels (nothing is written).
+        """
+        lid = check_label_id(label_id)
+        mask = as_mask(mask)
+        shape = tuple(int(s) for s in self.data.shape)
+        prefix = resolve_slice(shape, slice_index, mask.shape)
+        self._upcast_for(lid)
+        dtype = labels_dtype(self.data)
+        check_fits(dtype, lid)
+        plane = read(self.data, prefix)
+        rows, cols = np.nonzero((plane == lid) & ~mask)
+        lead = tuple(np.full(rows.size, i, dtype=np.intp) for i in prefix)
+        clear = LabelEdit((*lead, rows, cols), 0, lid, int(rows.size),
+                          np.full(rows.size, lid, dtype=dtype))
+        add = plan_checked(self.data, mask, prefix, lid, False, dtype)
+        with self.group():
+            if clear.n_pixels:
+                self._perform(clear)
+            if add.n_pixels:
+                self._perform(add)
+        return clear.n_pixels, add.n_pixels
 
 
 class LayerWriter(LabelsWriter):
