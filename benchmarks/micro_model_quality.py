@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stress-window", default="auto", choices=("auto", "napari"),
                    help="normalization of conditions without their own window")
     p.add_argument("--stress-sets", nargs="*", default=None, help="sets of the sweep")
+    p.add_argument("--stress-conditions", nargs="*", default=None, help="conditions (all)")
     args = p.parse_args(argv)
 
     import torch
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.stress or args.stress_only:
         t0 = time.perf_counter()
         results["stress"] = stress_sweep(
-            predictor, args.stress_sets or args.sets, n_seeds=args.stress_seeds,
+            predictor, args.stress_sets or args.sets, args.stress_conditions,
+            n_seeds=args.stress_seeds,
             default_window=args.stress_window,
         )
         print(f"stress sweep took {time.perf_counter() - t0:.0f} s")
