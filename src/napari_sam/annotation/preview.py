@@ -204,12 +204,12 @@ class Preview:
 
     @property
     def n_shown_candidates(self) -> int:
-        """Candidates :meth:`next_candidate` cycles through (the non-empty ones)."""
+        """Non-empty candidates of a single-object preview (what :meth:`next_candidate`
+        cycles through); 1 for several objects."""
         if self.n_objects != 1:
             return 1
-        full = sum(_area(self.predictions[0], k) >= MIN_OBJECT_PIXELS
+        return sum(_area(self.predictions[0], k) >= MIN_OBJECT_PIXELS
                    for k in range(self.n_candidates))
-        return full or self.n_candidates
 
     def label_image(self, shape: tuple[int, int]) -> np.ndarray:
         """The preview as a ``(Y, X)`` label image (objects ``1..N``)."""

@@ -159,8 +159,11 @@ class Segmenter:
             self._say("info", "next mask: segment a single object first (one set of prompts)")
             return None
         if preview.n_shown_candidates < 2:
-            self._say("status", f"next mask: no other candidate ({preview.n_candidates - 1} "
-                      "other(s) are empty)")
+            empty = preview.n_candidates - preview.n_shown_candidates
+            self._say("status", "next mask: no other candidate (" + (
+                "every candidate is empty: " + str(preview.empty_message(
+                    self.layers.where(preview.slice_index)))
+                if not preview.n_shown_candidates else f"{empty} other(s) are empty") + ")")
             return preview.masks[0]
         self.state.preview = preview = preview.next_candidate()
         self._say("status", f"mask {preview.rank}/{preview.n_candidates}, "

@@ -87,8 +87,8 @@ class StackActions:
             pending.flush(self.writer, self.layers.geometry.slice_shape)
             if not self.runner.closed:
                 n = sum(len(v) for v in pending.written.values())
-                reach = reach_summary(pending.written, pending.records,
-                                      self.layers.axis_names[-1])
+                reached = {i: [idx[-1], *zs] for i, zs in pending.written.items()}  # + seed
+                reach = reach_summary(reached, pending.records, self.layers.axis_names[-1])
                 self._say("status", f"propagated {ids}: {n} object-slice(s) written (one "
                           f"undo step). Reached {reach}")
                 self.events.propagated(slice_index=idx, written=pending.written,
