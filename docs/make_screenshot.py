@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     (image_data, image_kw, _), (truth, _, _) = make_sample_nuclei()
     viewer = napari.Viewer(show=True)
-    viewer.window.resize(1400, 850)
+    viewer.window.resize(1400, 1100)
     viewer.add_image(image_data, **image_kw)
     widget = AnnotatorWidget(viewer, predictor=_predictor(args.model, image_data, truth))
     viewer.window.add_dock_widget(widget, name="SAM annotator", area="right")
