@@ -156,8 +156,10 @@ class Annotator(BeyondClicks):
         self.writer = LayerWriter(self.layers.labels)
         self.prompt_layers = PromptLayers(self.layers)
         self.cache = cache if cache is not None else EmbeddingCache(cache_size)
-        self.intensity = IntensityRange(self.layers.source, self.image_layer.unique_id,
-                                        lambda: self.layers.contrast_limits, normalization)
+        coarsest = self.image_layer.data[-1] if self.image_layer.multiscale else None
+        self.intensity = IntensityRange(
+            self.layers.source if coarsest is None else coarsest, self.image_layer.unique_id,
+            lambda: self.layers.contrast_limits, normalization, rgb=self.geometry.rgb)
         link = StoreLink(store, self.layers.source, self.geometry,
                          source_path=getattr(getattr(self.image_layer, "source", None), "path",
                                              None),

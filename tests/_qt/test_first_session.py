@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QPoint, Qt
 from qtpy.QtTest import QTest
-from stand_ins import OraclePredictor, ellipsoid_labels
 
 from napari_sam._qt.annotator_widget import AnnotatorWidget
+from stand_ins import OraclePredictor, ellipsoid_labels
 
 SCALE = (2.0, 0.5, 0.5)
 SHAPE = (12, 48, 64)

@@ -101,7 +101,7 @@ def learning(make_napari_viewer_proxy, qtbot, tmp_path, monkeypatch, disk_predic
 
 def test_learn_button_runs_in_a_worker_and_switches_model_not_labels(
         qtbot, learning, fake_adapt, disk_predictor):
-    viewer, widget, ann, folder = learning
+    _viewer, widget, ann, folder = learning
     before = ann.labels_layer.data.copy()
     fake_adapt.gate.clear()
     widget.buttons["adapt"].click()
@@ -152,7 +152,7 @@ def test_cancel_keeps_the_model_and_saves_nothing(qtbot, learning, fake_adapt, d
 
 def test_not_better_keeps_the_model_and_session_objects_are_a_choice(
         qtbot, learning, fake_adapt, disk_predictor):
-    viewer, widget, ann, folder = learning
+    _viewer, widget, ann, folder = learning
     ann.labels_layer.data[4, 5:15, 5:15] = 9  # an object from before this session
     fake_adapt.settings["better"] = False
     widget.adapt_combo.setCurrentIndex(widget.adapt_combo.findData("session"))

@@ -25,7 +25,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["NORMALIZATIONS", "ROBUST", "IntensityRange", "check_normalization"]
+import numpy as np
+
+__all__ = ["NORMALIZATIONS", "ROBUST", "IntensityRange", "check_normalization", "sample_view"]
 
 Limits = tuple[float, float]
 
@@ -38,6 +40,17 @@ ROBUST = ("robust",)
 _MEASURED: OrderedDict[tuple[Hashable, int], Limits] = OrderedDict()
 _MEASURED_MAX = 32
 _MEASURED_LOCK = threading.Lock()
+
+
+def sample_view(source: Any, rgb: bool = False, max_pixels: int = 1_000_000) -> Any:
+    """``source`` with every slice strided down to at most about ``max_pixels`` pixels
+    (a view: nothing read), so that measuring a huge 2D image never reads all of it."""
+    ys, xs = (source.shape[-3], source.shape[-2]) if rgb else (source.shape[-2], source.shape[-1])
+    step = int(np.ceil(np.sqrt(ys * xs / max_pixels)))
+    if step <= 1:
+        return source
+    stride = (slice(None, None, step), slice(None, None, step))
+    return source[(Ellipsis, *stride, slice(None))] if rgb else source[(Ellipsis, *stride)]
 
 
 def check_normalization(mode: Any) -> str:
@@ -55,7 +68,9 @@ class IntensityRange:
 
     Parameters
     ----------
-    source : the image array (numpy, dask or zarr); only a bounded sample is read
+    source : the image array (numpy, dask or zarr; for a multiscale image its
+        coarsest level); only a bounded sample is read
+    rgb : the array has a trailing colour axis
     key : hashable identity of the image (e.g. the layer's ``unique_id``): the
         robust range is measured once per ``(key, source)`` and remembered
         (so a second annotator of the same layer reuses it)
@@ -64,9 +79,11 @@ class IntensityRange:
     """
 
     def __init__(
-        self, source: Any, key: Hashable, display: Callable[[], Limits], mode: str = "robust"
+        self, source: Any, key: Hashable, display: Callable[[], Limits], mode: str = "robust",
+        *, rgb: bool = False,
     ) -> None:
         self.source = source
+        self.rgb = rgb
         self.key = key
         self._display = display
         self.mode = check_normalization(mode)
@@ -99,7 +116,7 @@ class IntensityRange:
         with self._lock:  # one measurement at a time per image
             known = self.measured
             if known is None:
-                low, high = stack_contrast_limits(self.source)
+                low, high = stack_contrast_limits(sample_view(self.source, self.rgb))
                 known = (float(low), float(high))
                 with _MEASURED_LOCK:
                     _MEASURED[self._memo_key] = known

@@ -234,8 +234,9 @@ class StoreLink:
         limits = store.metadata.contrast_limits
         if limits is None or tuple(limits) != cl:
             self._tell("info", f"the {self._name(store.path)} was computed with contrast limits "
-                       f"{limits}; slices normalized with the layer's {cl} are kept in memory "
-                       f"(set the contrast limits to {limits} to use the store)")
+                       f"{limits}; slices normalized with {cl} (the annotator's intensity "
+                       "range) are kept in memory (to use the store: intensity range 'display "
+                       f"contrast limits', set to {limits})")
             return None
         return store
 
