@@ -42,10 +42,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_sam._qt.extra_keys import ExtraKeys
 from napari_sam._qt.hover import HoverPreview
 from napari_sam._qt.job_panel import JobPanel
 from napari_sam._qt.key_bindings import KEY_BINDINGS, bind_annotator_keys, key_layers
 from napari_sam._qt.model_selector import ModelSelector
+from napari_sam._qt.review_panel import ReviewPanel
+from napari_sam._qt.similar_panel import SimilarPanel
+from napari_sam._qt.tracking_menu import AxisMenu
 from napari_sam.annotation.actions import ACTIONS, Action, Choices, action, key_for
 from napari_sam.cache import DEFAULT_CACHE_SIZE, EmbeddingCache
 from napari_sam.model.registry import DEFAULT_MODEL
@@ -109,6 +113,7 @@ class AnnotatorWidget(QWidget):
         self._models: dict[Any, tuple] = {}  # image uid -> (adapted model, predictor, base)
         self._hidden: dict[Any, list[tuple[Any, bool]]] = {}  # image uid -> (layer, visible)
         self._unbind: Callable[[], None] | None = None
+        self.extra_keys = ExtraKeys(self.choices)  # refine key, scribble layer (issue 19)
         self.hover = HoverPreview(napari_viewer, parent=self)
         self.buttons: dict[str, QPushButton] = {}
         #: extra keyword arguments of napari_sam.everything.segment_everything
@@ -194,6 +199,9 @@ class AnnotatorWidget(QWidget):
         stop.addWidget(self.stop_slider, 1)
         stop.addWidget(QLabel("later", actions))
         grid.addLayout(stop, row + 1, 0, 1, 2)
+        self.axis_menu = AxisMenu(actions)  # z, or t: tracking through time
+        grid.addWidget(QLabel("along", actions), row + 2, 0)
+        grid.addWidget(self.axis_menu, row + 2, 1)
 
         box = self._button_box("everything", layout)
         self.stack_check = QCheckBox("whole stack (objects linked through z)", box)
@@ -201,8 +209,12 @@ class AnnotatorWidget(QWidget):
             "Segment every slice of the stack (z, at this time point) and link the objects "
             "through z; 'Commit everything' then commits 3D objects (one undo step)"
         )
-        box.layout().addWidget(self.stack_check, 1, 0, 1, 2)
+        box.layout().addWidget(self.stack_check, box.layout().rowCount(), 0, 1, 2)
+        self.similar_panel = SimilarPanel(box)  # the threshold of "find all like this"
+        box.layout().addWidget(self.similar_panel, box.layout().rowCount(), 0, 1, 2)
         self.everything_box = box
+        self.review_panel = ReviewPanel(self, self.run_action)
+        layout.addWidget(self.review_panel)
         learn = self._button_box("learn", layout, title="learn from your labels")
         self.adapt_combo = QComboBox(learn)
         for text, objects in ADAPT_ITEMS:
@@ -365,6 +377,7 @@ class AnnotatorWidget(QWidget):
         self.annotator = ann
         self.hover.annotator = ann
         self._unbind = bind_annotator_keys(ann, self.choices)
+        self._observe_extras(ann)
         self.model_selector.set_model(ann.model)
         ann.embed_in_background()  # start embedding the slice on screen
 
@@ -377,6 +390,7 @@ class AnnotatorWidget(QWidget):
         if self._unbind is not None:
             self._unbind()
             self._unbind = None
+        self._observe_extras(None)
         if ann is None:
             return
         uid = ann.image_layer.unique_id
@@ -410,6 +424,15 @@ class AnnotatorWidget(QWidget):
             if layer in self.viewer.layers:
                 layer.visible = visible
 
+    def _observe_extras(self, ann: Any) -> None:
+        """The panels of issue 19 follow ``ann`` (None: nothing)."""
+        self.extra_keys.detach()
+        if ann is not None:
+            self.extra_keys.attach(ann)
+        self.axis_menu.set_annotator(ann)
+        self.similar_panel.observe(ann)
+        self.review_panel.observe(ann)
+
     def _update_enabled(self, *_: Any) -> None:
         on = self.annotator is not None
         for name, button in self.buttons.items():
@@ -427,7 +450,7 @@ class AnnotatorWidget(QWidget):
             batch=self.batch_check.isChecked(), direction=self.direction_combo.currentText(),
             stack=self.stack_check.isChecked(), everything_params=dict(self.everything_params),
             stop=int(self.stop_slider.value()),
-            adapt_objects=str(self.adapt_combo.currentData()),
+            adapt_objects=str(self.adapt_combo.currentData()), axis=self.axis_menu.axis,
         )
 
     def run_action(self, act: Action | str) -> Any:

@@ -63,6 +63,8 @@ def _history_key(annotator: Annotator, redo: bool) -> Callable[[Any], None]:
 def key_layers(annotator: Annotator, image: bool = True) -> list[Any]:
     """The layers that get the annotator's keys (see the module doc)."""
     layers = [annotator.points_layer, annotator.shapes_layer, annotator.preview_layer]
+    if getattr(annotator, "scribble_layer", None) is not None:  # painted strokes
+        layers.append(annotator.scribble_layer)
     if annotator.owns_labels:
         layers.append(annotator.labels_layer)
     if image:

@@ -78,8 +78,24 @@ class BeyondClicks:
             (self.state.events.everything, self.similar.everything_changed),
         ]
         if scribbles.layer is not None:
-            out.append((scribbles.layer.events.paint, self._on_prompts_changed))
+            out.append((scribbles.layer.events.paint, self._on_scribble_painted))
         return out
+
+    def _on_scribble_painted(self, event: Any = None) -> None:
+        """A stroke on the scribble layer: its prompts changed (auto-segment). napari's
+        ``Labels.paint()`` outside a mouse stroke announces the edit before writing it:
+        then the prompts are read when the layer reports the write."""
+        layer = self.scribbles.layer
+        if layer is not None and not _written(layer, getattr(event, "value", None)):
+            layer.events.labels_update.connect(self._after_scribble_write)
+            return
+        self._on_prompts_changed()
+
+    def _after_scribble_write(self, event: Any = None) -> None:
+        layer = self.scribbles.layer
+        if layer is not None:
+            layer.events.labels_update.disconnect(self._after_scribble_write)
+        self._on_prompts_changed()
 
     def _follow_positive(self, event: Any = None) -> None:
         self.scribbles.follow_positive(self.positive)
@@ -87,7 +103,10 @@ class BeyondClicks:
     def _after_segmented(self, event: Any = None) -> None:
         preview = self.state.preview
         notes = [p.note for p in getattr(preview, "prompts", ()) if getattr(p, "note", "")]
-        if notes:  # a stroke crossing into the background: said in the status line
+        if self.refiner.owns(preview):
+            notes.insert(0, f"refining label {self.refiner.session.label_id}: Commit replaces "
+                         "it on this slice only (other labels untouched), Clear stops")
+        if notes:  # e.g. a stroke crossing into the background: said in the status line
             self._say("status", f"{self.state.message.text}. {'; '.join(notes)}")
 
     # --------------------------------------------------------------- scribbles
@@ -109,9 +128,9 @@ class BeyondClicks:
         layer = scribble_layer(self.layers)
         if layer is not self.scribbles.layer:
             if self.scribbles.layer is not None:
-                self.scribbles.layer.events.paint.disconnect(self._on_prompts_changed)
+                self.scribbles.layer.events.paint.disconnect(self._on_scribble_painted)
             self.scribbles.layer = layer
-            layer.events.paint.connect(self._on_prompts_changed)
+            layer.events.paint.connect(self._on_scribble_painted)
         layer.selected_label = 1 if self.positive else 2
         self.viewer.layers.selection.active = layer
         layer.mode = "paint"
@@ -221,3 +240,19 @@ class BeyondClicks:
         one on screen, wrapping) and select its label; returns the
         :class:`~.review.Doubt`, or None (with a message) when there is none."""
         return self.reviewer.next()
+
+
+def _written(layer: Any, item: Any) -> bool:
+    """Whether a paint event's history item is in ``layer.data`` already (True when
+    it cannot tell): the atoms are ``(indices, old values, new value)`` or napari's
+    masked atoms (``slice_key``, ``mask``, ``new_value``)."""
+    try:
+        atom = item[-1]
+        if hasattr(atom, "slice_key"):
+            region = np.asarray(layer.data[atom.slice_key])
+            values = region if atom.mask is None else region[atom.mask]
+            return bool(np.all(values == atom.new_value))
+        indices, _, value = atom
+        return bool(np.all(np.asarray(layer.data[indices]) == value))
+    except (TypeError, IndexError, ValueError, AttributeError):
+        return True
