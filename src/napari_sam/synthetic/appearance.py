@@ -486,8 +486,10 @@ def apply_condition(
         out = img.astype(np.float32)
     else:
         top = float(np.percentile(img, 99.95)) * 1.02 if cond.bits else float(img.max())
-        if cond.name.startswith("saturated"):
-            top = float(np.percentile(img[lab > 0], 75)) if (lab > 0).any() else top
+        if cond.name.startswith("saturated") and (lab > 0).any() and (lab == 0).any():
+            # the brightest objects saturate, the background never does
+            top = max(float(np.percentile(img[lab > 0], 75)),
+                      float(np.percentile(img[lab == 0], 99.5)))
         out = quantize(img - min(0.0, float(img.min())), bits, top)
     return out, lab, window(out, kind, rng)
 
