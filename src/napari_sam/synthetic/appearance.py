@@ -490,7 +490,7 @@ def apply_condition(
             # the brightest objects saturate, the background never does
             top = max(float(np.percentile(img[lab > 0], 75)),
                       float(np.percentile(img[lab == 0], 99.5)))
-        out = quantize(img - min(0.0, float(img.min())), bits, top)
+        out = quantize(np.clip(img, 0, None), bits, top)
     return out, lab, window(out, kind, rng)
 
 
@@ -583,7 +583,7 @@ def random_appearance(
         img = gamma(img, float(np.exp(rng.uniform(np.log(0.4), np.log(2.5)))))
     if rng.random() < cfg.invert_prob:
         img = invert(img)
-    img = img - min(0.0, float(img.min()))
+    img = np.clip(img, 0, None)  # no negative intensities (a pedestal would hide the signal)
     if rng.random() < 0.15:
         out = img.astype(np.float32)
     else:
