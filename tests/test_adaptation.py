@@ -167,14 +167,16 @@ def test_diverged_training_keeps_the_base(micro, scene, monkeypatch):
     assert result.report.stopped_by == "diverged"
 
 
-def test_verdict_needs_both_prompts_not_worse_and_a_gain():
+def test_verdict_needs_a_gain_and_neither_prompt_clearly_worse():
     def s(p, b):
         return CheckScores((p,), (b,), ((0, 1),))
 
     assert verdict(s(0.5, 0.5), s(0.7, 0.6))[0]
-    assert not verdict(s(0.5, 0.5), s(0.9, 0.49))[0]
+    assert verdict(s(0.89, 0.89), s(0.875, 0.91))[0]  # within the tolerance, mean up
+    assert not verdict(s(0.5, 0.5), s(0.9, 0.47))[0]
     assert not verdict(s(0.5, 0.5), s(0.5, 0.5))[0]
     assert not verdict(s(0.5, 0.5), s(0.4, 0.9))[0]
+    assert not verdict(s(0.5, 0.5), s(0.9, 0.49), tolerance=0.0)[0]
 
 
 def test_progress_and_cancel(micro_small, scene):
