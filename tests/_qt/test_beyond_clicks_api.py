@@ -324,3 +324,18 @@ def test_review_lists_doubtful_slices_and_jumps_to_them(viewer_model):
     assert ann.labels_layer.selected_label == lid
     assert "doubtful 2/2: z=4" in ann.last_message
     ann.close()
+
+
+def test_the_scribble_layer_is_a_helper_found_again(viewer_model):
+    truth, images = nuclei_stack()
+    image = viewer_model.add_image(images, name="nuclei")
+    ann = Annotator(viewer_model, image, predictor=OraclePredictor(truth, images))
+    layer = ann.add_scribble_layer()
+    assert layer in ann.layers.helpers and ann.add_scribble_layer() is layer
+    ann.close()
+    again = Annotator(viewer_model, image, predictor=OraclePredictor(truth, images))
+    assert again.scribble_layer is layer                   # adopted by its tag
+    layer.data[3, 18:23, 53:60] = 1
+    np.testing.assert_array_equal(again.segment((3,))[0], truth[3] == 2)
+    again.close(remove_layers=True)
+    assert layer not in viewer_model.layers

@@ -41,7 +41,7 @@ class BeyondClicks:
         from napari_sam.annotation.extra_layers import find_scribble_layer
 
         part = Scribbles(self.layers)
-        part.layer = find_scribble_layer(self.layers)
+        part.layer = self.layers.scribbles = find_scribble_layer(self.layers)  # a helper layer
         self.prompt_layers.extra = part
         return part
 
@@ -129,7 +129,7 @@ class BeyondClicks:
         if layer is not self.scribbles.layer:
             if self.scribbles.layer is not None:
                 self.scribbles.layer.events.paint.disconnect(self._on_scribble_painted)
-            self.scribbles.layer = layer
+            self.scribbles.layer = self.layers.scribbles = layer
             layer.events.paint.connect(self._on_scribble_painted)
         layer.selected_label = 1 if self.positive else 2
         self.viewer.layers.selection.active = layer

@@ -185,6 +185,7 @@ class AnnotatorLayers:
         self.shapes = self._shapes(shapes)
         self.points = self._points(points)
         self.everything: Any = None
+        self.scribbles: Any = None  # the scribble layer, made on demand (annotation/extended)
         if everything is not None:
             from napari.layers import Labels
 
@@ -215,9 +216,9 @@ class AnnotatorLayers:
     @property
     def helpers(self) -> tuple[Any, ...]:
         """The annotator's own layers other than the labels: points, boxes, preview,
-        everything review."""
-        return tuple(ly for ly in (self.points, self.shapes, self.preview, self.everything)
-                     if ly is not None)
+        everything review, scribbles (``scribbles``: set by the annotator once made)."""
+        return tuple(ly for ly in (self.points, self.shapes, self.preview, self.everything,
+                                   self.scribbles) if ly is not None)
 
     def _adopt(self, layer: Any, kind: type, what: str) -> Any:
         layer = find_layer(self.viewer, layer, what)

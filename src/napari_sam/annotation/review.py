@@ -11,7 +11,7 @@ the user checks those few slices instead of every one. "Next doubtful"
 (:meth:`PropagationReview.next`) moves the viewer to the next of them (and
 selects the object's label).
 
-A slice is doubtful when (heuristics, not measured figures):
+A slice is doubtful for an object when
 
 * a stop rule fired there (``changed``, ``low_score``, ``vanished``,
   ``faded``, ``no_prompt``): the object was not written there; check that it
@@ -19,7 +19,13 @@ A slice is doubtful when (heuristics, not measured figures):
 * the accepted mask's score is below :data:`DOUBT_SCORE`, or its IoU with the
   previous slice's mask below :data:`DOUBT_IOU`;
 * the score or the IoU is more than :data:`DOUBT_DROP` below the object's
-  median over the run (a sudden change, e.g. a jump onto a neighbour).
+  median over the run (a sudden change);
+* its mask starts to overlap another propagated object's (more than
+  :data:`DOUBT_OVERLAP` of the smaller one; listed where the overlap begins,
+  going away from the seed): two tracks merging onto one object.
+
+The thresholds were chosen on micro-model runs in docs/napari.md ("Review of a
+propagation"); they are a reading aid, not a judgement.
 """
 
 from __future__ import annotations
@@ -32,15 +38,17 @@ import numpy as np
 
 from napari_sam.annotation.slicing import apply_affine
 
-__all__ = ["DOUBT_DROP", "DOUBT_IOU", "DOUBT_SCORE", "Doubt", "PropagationReview",
-           "ReviewList", "doubts"]
+__all__ = ["DOUBT_DROP", "DOUBT_IOU", "DOUBT_OVERLAP", "DOUBT_SCORE", "Doubt",
+           "PropagationReview", "ReviewList", "doubts", "overlaps"]
 
 #: An accepted mask with a lower model score is doubtful.
 DOUBT_SCORE = 0.7
 #: An accepted mask with a lower IoU with the previous slice's mask is doubtful.
-DOUBT_IOU = 0.6
+DOUBT_IOU = 0.5
 #: A score or IoU this much below the object's median is doubtful.
-DOUBT_DROP = 0.15
+DOUBT_DROP = 0.25
+#: Two objects' masks overlapping by more than this share of the smaller are doubtful.
+DOUBT_OVERLAP = 0.05
 #: Accepted statuses (:data:`napari_sam.propagation.ACCEPTED`).
 _ACCEPTED = ("seed", "ok", "end", "z_range")
 #: Statuses that are not the propagation's doubt (the user's marker, a cancel).
@@ -74,7 +82,7 @@ class Doubt:
     @property
     def stopped(self) -> bool:
         """True when a stop rule fired (the object was not written on this slice)."""
-        return self.status not in _ACCEPTED
+        return self.status not in (*_ACCEPTED, "overlap")
 
 
 @dataclass(frozen=True)
@@ -104,8 +112,33 @@ def _fmt(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
-def doubts(records: list[tuple[Index, Any]]) -> list[Doubt]:
-    """The :class:`Doubt` s among ``(slice_index, SliceRecord)`` pairs (module doc rules)."""
+def overlaps(masks: dict[int, Any]) -> list[tuple[int, int, int, float]]:
+    """``(a, b, pixels, share of the smaller)`` for the objects of one slice whose
+    ``(Y, X)`` masks overlap by more than :data:`DOUBT_OVERLAP` (``a < b``)."""
+    items = [(int(k), np.asarray(m, bool)) for k, m in masks.items()]
+    if len(items) < 2:
+        return []
+    count = np.zeros(items[0][1].shape, np.uint16)
+    for _, m in items:
+        count += m
+    shared = count > 1
+    if not shared.any():
+        return []
+    hit = [(k, m) for k, m in items if (m & shared).any()]
+    out = []
+    for i, (a, ma) in enumerate(hit):
+        for b, mb in hit[i + 1:]:
+            n = int(np.count_nonzero(ma & mb))
+            share = n / max(1, min(int(ma.sum()), int(mb.sum())))
+            if share > DOUBT_OVERLAP:
+                out.append((min(a, b), max(a, b), n, share))
+    return out
+
+
+def doubts(records: list[tuple[Index, Any]],
+           merges: list[tuple[Index, int, int, int, float]] = ()) -> list[Doubt]:
+    """The :class:`Doubt` s among ``(slice_index, SliceRecord)`` pairs and
+    ``(slice_index, a, b, pixels, share)`` overlaps (module doc rules)."""
     by_object: dict[int, list[Any]] = {}
     for _, r in records:
         if r.status in _ACCEPTED[1:]:
@@ -138,6 +171,10 @@ def doubts(records: list[tuple[Index, Any]]) -> list[Doubt]:
             why.append(f"IoU dropped to {iou:.2f} (median {med_iou:.2f})")
         if why:
             out.append(Doubt(idx, int(r.object_id), status, score, iou, "; ".join(why)))
+    for idx, a, b, n, share in merges:
+        for oid, other in ((a, b), (b, a)):
+            out.append(Doubt(idx, oid, "overlap", math.nan, math.nan,
+                             f"overlaps label {other} ({n} px, {share:.0%}): merging?"))
     return sorted(out, key=lambda d: (d.slice_index, d.object_id))
 
 
@@ -158,12 +195,15 @@ class PropagationReview:
     viewer: Any
     say: Any
     records: list[tuple[Index, Any]] = field(default_factory=list)
+    merges: list[tuple[Index, int, int, int, float]] = field(default_factory=list)
     _done: bool = True
+    _seen: set = field(default_factory=set)
 
     def _publish(self, running: bool) -> None:
         idx = [i for i, _ in self.records]
         axis = self._axis(idx)
-        self.state.review = ReviewList(tuple(doubts(self.records)), axis, len(set(idx)), running)
+        self.state.review = ReviewList(tuple(doubts(self.records, self.merges)), axis,
+                                       len(set(idx)), running)
 
     def _axis(self, indices: list[Index]) -> str:
         names = self.layers.axis_names
@@ -175,9 +215,16 @@ class PropagationReview:
     def step(self, event: Any = None) -> None:
         """``events.propagation_step``: one slice with its records (``event.records``)."""
         if self._done:
-            self.records, self._done = [], False
+            self.records, self.merges, self._seen, self._done = [], [], set(), False
         idx = tuple(getattr(event, "slice_index", ()))
-        self.records.extend((idx, r) for r in getattr(event, "records", ()) or ())
+        records = tuple(getattr(event, "records", ()) or ())
+        self.records.extend((idx, r) for r in records)
+        seeds = {int(r.object_id): s for s, r in self.records if r.status == "seed"}
+        for a, b, n, share in overlaps(getattr(event, "masks", None) or {}):
+            side = tuple(np.sign(np.subtract(idx, seeds.get(a, idx))).tolist())
+            if (a, b, side) not in self._seen:  # where it begins, on each side of the seed
+                self._seen.add((a, b, side))
+                self.merges.append((idx, a, b, n, share))
         self._publish(running=True)
 
     def finished(self, event: Any = None) -> None:

@@ -80,8 +80,9 @@ class StackActions:
         pending = PendingSlices(lead, ids, display=self.layers.preview, labels=labels)
 
         def arrived(update: Any) -> None:
-            self.events.propagation_step(slice_index=pending.add(update), records=tuple(
-                getattr(update, "records", {}).values()))  # for the review of doubtful slices
+            self.events.propagation_step(  # records and masks: the review of doubtful slices
+                slice_index=pending.add(update), masks=update.masks,
+                records=tuple(getattr(update, "records", {}).values()))
 
         def finished() -> None:  # also after a cancel, an error or close: nothing is lost
             pending.flush(self.writer, self.layers.geometry.slice_shape)

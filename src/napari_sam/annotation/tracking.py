@@ -130,7 +130,7 @@ class Tracker:
     Parameters
     ----------
     state, runner, embedder, layers, writer, events : the annotator's parts; ``events``
-        has ``propagation_step`` (``slice_index``, ``records``) and ``propagated``
+        has ``propagation_step`` (``slice_index``, ``records``, ``masks``) and ``propagated``
         (``slice_index``, ``written``, ``records``)
 
     Attributes
@@ -241,7 +241,8 @@ class Tracker:
 
         def arrived(update: Any) -> None:
             records = tuple(getattr(update, "records", {}).values())
-            self.events.propagation_step(slice_index=pending.add(update), records=records)
+            self.events.propagation_step(slice_index=pending.add(update), records=records,
+                                         masks=update.masks)
 
         def finished() -> None:  # also after a cancel, an error or close: nothing is lost
             pending.flush(self.writer, self.layers.geometry.slice_shape)
