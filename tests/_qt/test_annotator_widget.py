@@ -273,3 +273,21 @@ def test_labels_menu_adopts_an_existing_layer_without_losing_labels(qtbot, widge
     qtbot.waitUntil(lambda: ann.preview is not None, timeout=10_000)
     widget.buttons["commit"].click()
     assert (mine.data == 4).any() and (mine.data[5, 1:4, 1:4] == 3).all()
+
+
+def test_intensity_range_menu_switches_normalization(qtbot, widget_viewer, disk_predictor):
+    from napari_sam.normalize import stack_contrast_limits
+
+    _viewer, widget, image = widget_viewer
+    ann = widget.annotator
+    combo = widget.normalization_combo
+    assert combo.currentData() == "robust" == ann.normalization
+    assert "0.02-0.10" in combo.toolTip() and "display" in combo.toolTip()
+    qtbot.waitUntil(lambda: not ann.busy, timeout=10_000)
+    assert ann.contrast_limits == stack_contrast_limits(image.data)
+    image.contrast_limits = (0, 300)  # the display changes, the embeddings do not
+    assert ann.embedding().contrast_limits == stack_contrast_limits(image.data)
+    combo.setCurrentIndex(combo.findData("display"))
+    assert ann.normalization == "display" and "display contrast limits" in widget.status.text()
+    qtbot.waitUntil(lambda: not ann.busy, timeout=10_000)
+    assert ann.embedding().contrast_limits == (0.0, 300.0)
