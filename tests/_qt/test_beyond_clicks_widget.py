@@ -11,6 +11,13 @@ from napari_sam._qt.annotator_widget import AnnotatorWidget
 from stand_ins import OraclePredictor
 
 
+def click(qtbot, button):
+    """A left mouse click on ``button``."""
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
 def _key(layer, key):
     """Press ``key`` on ``layer`` as napari does (its keymap's handler)."""
     from napari.utils.key_bindings import coerce_keybinding
@@ -40,7 +47,7 @@ def test_scribble_button_paint_toggle_and_commit_key(qtbot, viewer_model, closin
     widget, ann = _open(viewer_model, qtbot, images, OraclePredictor(truth, images))
     closing(widget)
     viewer_model.dims.set_current_step(0, 3)
-    widget.buttons["scribbles"].click()
+    click(qtbot, widget.buttons["scribbles"])
     layer = ann.scribble_layer
     assert layer is not None and viewer_model.layers.selection.active is layer
     assert layer.mode == "paint" and layer.selected_label == 1
@@ -74,14 +81,14 @@ def test_refine_key_on_my_labels_layer_and_commit_button(qtbot, viewer_model, cl
     qtbot.waitUntil(lambda: ann.preview is not None and not ann.busy, timeout=20_000)
     assert ann.refiner.session.label_id == 6 and "refin" in widget.status.text() + \
         ann.last_message
-    widget.buttons["commit"].click()
+    click(qtbot, widget.buttons["commit"])
     np.testing.assert_array_equal(labels.data[3] == 6, truth[3] == 2)
     np.testing.assert_array_equal(labels.data[3] == 9, mine[3] == 9)        # untouched
     labels.undo()
     np.testing.assert_array_equal(labels.data, mine)
     labels.selected_label = 4                        # not on the slice: a clear message
     viewer_model.cursor.position = tuple(labels.data_to_world((3, 2, 2)))    # background
-    widget.buttons["refine"].click()
+    click(qtbot, widget.buttons["refine"])
     assert "no label to refine" in widget.status.text()
 
 
@@ -91,18 +98,18 @@ def test_find_all_like_this_button_slider_and_commit(qtbot, viewer_model, closin
     truth, image, channel = _scene()
     widget, ann = _open(viewer_model, qtbot, image, FeatureOracle(truth, image, channel))
     closing(widget)
-    widget.buttons["find_similar"].click()          # no labels yet: said, nothing runs
+    click(qtbot, widget.buttons["find_similar"])          # no labels yet: said, nothing runs
     assert "has no labels" in widget.status.text()
     widget.auto_check.setChecked(False)
     widget.batch_check.setChecked(True)
     for r, c in ((14, 14), (14, 46), (46, 14)):      # three exemplars of kind A
         ann.add_point((r, c))
-    widget.buttons["segment"].click()
+    click(qtbot, widget.buttons["segment"])
     qtbot.waitUntil(lambda: ann.preview is not None, timeout=20_000)
-    widget.buttons["commit"].click()
+    click(qtbot, widget.buttons["commit"])
     exemplars = ann.labels_layer.data.copy()
     assert len(np.unique(exemplars)) == 4
-    widget.buttons["find_similar"].click()
+    click(qtbot, widget.buttons["find_similar"])
     qtbot.waitUntil(lambda: ann.similar.result is not None and not ann.busy, timeout=30_000)
     shown = np.asarray(ann.everything_layer.data)
     assert {int(np.unique(truth[shown == c])[0]) for c in np.unique(shown[shown > 0])} == {3, 5}
@@ -110,7 +117,7 @@ def test_find_all_like_this_button_slider_and_commit(qtbot, viewer_model, closin
     assert len(np.unique(ann.everything_layer.data)) - 1 == len(ann.similar.result.candidates)
     assert "(6 shown)" in widget.similar_panel.value_label.text()
     widget.similar_panel.slider.setValue(50)
-    widget.buttons["commit_everything"].click()
+    click(qtbot, widget.buttons["commit_everything"])
     out = ann.labels_layer.data
     new = [i for i in np.unique(out) if i and i not in np.unique(exemplars)]
     assert len(new) == 2
@@ -127,10 +134,10 @@ def test_tracking_menu_propagate_and_review_table(qtbot, viewer_model, closing):
     viewer_model.dims.set_current_step(0, 3)
     widget.auto_check.setChecked(False)
     ann.add_point((3, 30, 20))
-    widget.buttons["segment"].click()
+    click(qtbot, widget.buttons["segment"])
     qtbot.waitUntil(lambda: ann.preview is not None, timeout=20_000)
-    widget.buttons["commit"].click()
-    widget.buttons["propagate"].click()
+    click(qtbot, widget.buttons["commit"])
+    click(qtbot, widget.buttons["propagate"])
     qtbot.waitUntil(lambda: ann.review is not None and not ann.review.running and not ann.busy,
                     timeout=30_000)
     (lid,) = np.unique(ann.labels_layer.data[3][ann.labels_layer.data[3] > 0])
@@ -141,7 +148,7 @@ def test_tracking_menu_propagate_and_review_table(qtbot, viewer_model, closing):
     # the first step each way moves before the motion is known: listed, to be checked
     assert panel.table.rowCount() == len(ann.review.doubts) >= 1
     assert panel.table.item(0, 0).text().startswith("t=")
-    panel.buttons["next_doubtful"].click()
+    click(qtbot, panel.buttons["next_doubtful"])
     first = ann.review.slices[0]
     assert ann.current_slice() == first or ann.current_slice() in ann.review.slices
     panel.table.cellClicked.emit(0, 0)               # a row shows its slice
@@ -160,10 +167,10 @@ def test_review_table_fills_while_propagating_and_next_key(qtbot, viewer_model, 
     viewer_model.dims.set_current_step(0, 6)
     widget.auto_check.setChecked(False)
     ann.add_point((6, 46, 40))
-    widget.buttons["segment"].click()
+    click(qtbot, widget.buttons["segment"])
     qtbot.waitUntil(lambda: ann.preview is not None, timeout=20_000)
-    widget.buttons["commit"].click()
-    widget.buttons["propagate"].click()
+    click(qtbot, widget.buttons["commit"])
+    click(qtbot, widget.buttons["propagate"])
     qtbot.waitUntil(lambda: ann.review is not None and not ann.review.running and not ann.busy,
                     timeout=30_000)
     assert rows[0][0] and rows[-1] == (False, 2)     # listed during the run, final at the end
@@ -180,11 +187,11 @@ def test_widget_bad_input_messages(qtbot, viewer_model, closing):
     closing(widget)
     assert not widget.axis_menu.isEnabled()          # a 2D image: nothing to track
     ann.propagation_axis = None
-    widget.buttons["refine"].click()
+    click(qtbot, widget.buttons["refine"])
     assert "has no labels" in widget.status.text() or "no label to refine" in \
         widget.status.text()
     ann.add_stroke((), [(-30, -30), (-10, -50)])
-    widget.buttons["segment"].click()
+    click(qtbot, widget.buttons["segment"])
     assert "outside" in widget.status.text()
     assert not ann.labels_layer.data.any()
 
