@@ -285,9 +285,9 @@ def main() -> None:
         else:
             extra = " | "
         print(f"| {name} | {t:.2f} | {ratio:.2f}x | {extra} |")
-    print("(fractions of the higher of the two peak measurements)")
     for name, t, ratio in pred_rows:
         print(f"| {name} | {t * 1000:.1f} ms | {ratio:.2f}x | | |")
+    print("\n(fractions of the higher of the two peak measurements)")
 
 
 if __name__ == "__main__":
