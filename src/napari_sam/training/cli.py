@@ -118,9 +118,8 @@ def _train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m napari_sam.training " + " ".join(args.argv)
     validate = quick_validation if args.preset == "default" else None
-    result = train(cfg, out, log=_log, validate=validate)
+    result = train(cfg, out, log=_log, validate=validate, command=command)
     record = result.record
-    record["command"] = command
     (out / "training_record.json").write_text(json.dumps(record, indent=1))
     _log(f"done: {record['steps_done']} steps in {record['train_time_s']:.0f} s; "
         f"weights {out / 'micro_sam_latest.pt'} sha256 {record['weights_sha256']}")

@@ -589,6 +589,7 @@ def train(
     log: Callable[[str], None] = print,
     validate: Callable[[Any], dict] | None = None,
     resume: bool = False,
+    command: str | None = None,
 ) -> TrainResult:
     """Train a micro model from scratch (or from ``cfg.init_weights``), resumably.
 
@@ -605,6 +606,8 @@ def train(
         optimizer, step, training seconds, random streams and the record carry
         on; ``cfg`` must be the run's configuration except for ``steps`` and
         ``time_limit_s``, which may be raised to extend it
+    command : the command line that started the run, kept in the record from
+        the first checkpoint on (a run killed before its end still says how it began)
 
     Returns
     -------
@@ -679,6 +682,8 @@ def train(
     }
     if previous is not None:
         record["previous_stage"] = previous
+    if command is not None:
+        record["command"] = command
     if state is not None:
         saved = json.loads((Path(out_dir) / "training_record.json").read_text())
         record["log"], record["validation"] = saved.get("log", []), saved.get("validation", [])
