@@ -186,8 +186,8 @@ def adapt(
                 model.img_size, poll,
             )
             batches = make_cached_batches(views, data, settings)
-        # leave time for the final check (as long as the first one, plus a margin)
-        deadline = t0 + time_limit_s - 1.2 * check_seconds - 0.5
+        # leave time for the final check (the first one's time, plus a margin)
+        deadline = t0 + time_limit_s - 1.5 * check_seconds - 1.0
 
         def step_progress(done: int, planned: int) -> None:
             report_progress(1 + done, planned)

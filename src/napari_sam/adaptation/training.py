@@ -292,10 +292,12 @@ def fine_tune(
     log = TrainLog(planned=settings.steps)
     t0 = time.perf_counter()
     step = 0
+    per_step = 0.0
     while step < log.planned:
         if poll is not None:
             poll()
-        if time.perf_counter() >= deadline and step > 0:
+        # stop before a step that would end after the deadline (at least one step runs)
+        if step > 0 and time.perf_counter() + per_step >= deadline:
             log.stopped_by = "time"
             break
         factor = lr_factor(step / log.planned, step, replace(cfg, steps=log.planned))
@@ -312,9 +314,11 @@ def fine_tune(
         step += 1
         if step == 1:
             t1 = time.perf_counter()  # the first step is slower (allocations): not counted
-        elif step in (2, 5) or step % 10 == 0:
-            # fit the plan (and with it the learning-rate schedule) to the time left
+            per_step = t1 - t0
+        else:
             per_step = (time.perf_counter() - t1) / (step - 1)
+        if step in (2, 5) or step % 10 == 0:
+            # fit the plan (and with it the learning-rate schedule) to the time left
             fits = step + int(max(0.0, deadline - time.perf_counter()) // max(per_step, 1e-6))
             log.planned = max(step, min(settings.steps, fits))
         if progress is not None:
