@@ -14,8 +14,13 @@ from napari_sam.model.checkpoint import CheckpointError, infer_config, model_fro
 from napari_sam.model.sam import SamConfig, build_sam
 
 #: Quality floors, a margin below the measured held-out numbers (docs/bundled_model.md).
-POINT_IOU_FLOOR = 0.75
-BOX_IOU_FLOOR = 0.80
+POINT_IOU_FLOOR = 0.80
+BOX_IOU_FLOOR = 0.85
+#: Floors under appearance changes the generators never make (the stress sweep's worst
+#: nuclei conditions; measured on the test seeds: inverted 0.74 / 0.81, the others >= 0.86 /
+#: 0.88; the previous model: inverted 0.63 / 0.75, gamma 2 0.59 / 0.59, saturated 0.71 / 0.72).
+STRESS_POINT_FLOOR = 0.68
+STRESS_BOX_FLOOR = 0.76
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +151,28 @@ def test_interactive_correction_does_not_hurt(micro_model):
         )
         second.append(iou(pred2.best_mask, gt))
     assert np.mean(second) >= np.mean(first) - 0.02
+
+
+@pytest.mark.parametrize(
+    "condition",
+    ["inverted", "gamma_2", "gamma_0.5", "saturated_auto", "window_minmax", "low_photons",
+     "scale_0.5"],
+)
+def test_quality_holds_under_appearance_changes(micro_model, condition):
+    """The stress sweep's hardest conditions for nuclei, on seeds used nowhere else."""
+    from napari_sam.predictor import Predictor
+    from napari_sam.synthetic import nuclei_2d
+    from napari_sam.synthetic.appearance import apply_condition
+    from napari_sam.training.validation import evaluate_image
+
+    predictor = Predictor(micro_model, device="cpu", precision="float32")
+    point, box = [], []
+    for seed in (424242, 434343):
+        image, labels = nuclei_2d((256, 256), seed=seed)
+        image, labels, limits = apply_condition(image, labels, condition, seed)
+        res = evaluate_image(predictor, image, labels, 30, limits)
+        point += res["point"]
+        box += res["box"]
+    assert len(point) >= 20
+    assert np.mean(point) >= STRESS_POINT_FLOOR, (condition, np.mean(point))
+    assert np.mean(box) >= STRESS_BOX_FLOOR, (condition, np.mean(box))

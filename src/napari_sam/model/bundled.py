@@ -40,7 +40,7 @@ class BundledWeights:
 BUNDLED: dict[str, BundledWeights] = {
     "micro": BundledWeights(
         filename="micro_sam.pt",
-        sha256="f2ef1b457857e5733484d0eaadd0c214bed59148328638c902040969acf971cd",
+        sha256="3975b824db4db376a3564baa8807a35441985eef465e30a44308c8f9c9aa3495",
         record="micro_sam.json",
     ),
 }
