@@ -11,9 +11,11 @@ API
     ``labels`` is ``(Z, Y, X)`` (or ``(Y, X)``) ground truth. ``embed(image)``
     finds which slice ``image`` is by exact content (``images`` is the stack
     whose slices will be passed in; default: ``labels`` itself) and returns an
-    :class:`OracleEmbedding` holding ``z``. ``predict`` / ``predict_batch``
-    follow :class:`napari_sam.predictor.Predictor` (same arguments, same
-    :class:`~napari_sam.predictor.Prediction` result) and return the TRUE
+    :class:`OracleEmbedding` holding ``z``. It implements the predictor
+    contract (:class:`napari_sam.contract.BasePredictor`): ``predict`` /
+    ``predict_batch`` take the same arguments as
+    :class:`napari_sam.predictor.Predictor`'s, give the same
+    :class:`~napari_sam.contract.Prediction` result and return the TRUE
     object that the prompt selects:
 
     * positive points vote for the label under them, the box for the label
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_sam.predictor import Prediction
+from napari_sam.contract import BasePredictor, Prediction
 
 __all__ = ["NoisyOraclePredictor", "OracleEmbedding", "OraclePredictor", "ellipsoid_labels"]
 
@@ -63,8 +65,13 @@ def _key(image: np.ndarray) -> tuple:
     return (a.shape, a.dtype.str, hashlib.blake2b(a.tobytes(), digest_size=16).digest())
 
 
-class OraclePredictor:
-    """Exact stand-in for :class:`napari_sam.predictor.Predictor` (see the module doc)."""
+class OraclePredictor(BasePredictor):
+    """Exact stand-in for :class:`napari_sam.predictor.Predictor` (see the module doc).
+
+    ``predict_batch`` is its own (one decoder call per batch, for the
+    bookkeeping); the rest of the contract keeps its defaults (predictions at
+    the slice's size, no tiles).
+    """
 
     def __init__(
         self,
@@ -204,13 +211,10 @@ class OraclePredictor:
         upscale=True,
     ):
         """Like :meth:`napari_sam.predictor.Predictor.predict_batch` (one decoder call)."""
-        if points is None and boxes is None and masks is None:
-            raise ValueError("no prompt: give points, a box or a mask")
-        sizes = {len(x) for x in (points, boxes, masks) if x is not None}
-        if len(sizes) != 1:
-            raise ValueError(f"points, boxes and masks must have the same batch size: {sizes}")
+        from napari_sam.prompt_checks import check_batch
+
+        points, labels, n = check_batch(points, labels, boxes, masks)
         self.decoder_calls += 1
-        (n,) = sizes
         return [
             self._predict_one(
                 embedding,

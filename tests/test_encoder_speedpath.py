@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.model import image_encoder
+from napari_sam.model import image_encoder, vit_attention
 from napari_sam.model.image_encoder import decomposed_attention
 from napari_sam.predictor import Predictor
 from oracle import randomize_
@@ -48,7 +48,7 @@ def test_encoder_output_does_not_depend_on_chunking(monkeypatch):
     x = torch.randn(1, 3, sam.img_size, sam.img_size, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         a = sam.image_encoder(x)
-        monkeypatch.setattr(image_encoder, "_SCORE_CHUNK_ELEMENTS", 100)
+        monkeypatch.setattr(vit_attention, "_SCORE_CHUNK_ELEMENTS", 100)
         b = sam.image_encoder(x)
     # chunking reorders the attention sums over the tokens (rounding only; AMD EPYC,
     # 2 threads: 1.67e-6 of max|a| 6.8, i.e. 2 eps * max); a chunking bug is >= 1e-2

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk, ellipse
 
+from napari_sam.contract import BasePredictor, Prediction
 from napari_sam.everything import (
     Cancelled,
     EverythingResult,
@@ -31,7 +32,6 @@ from napari_sam.everything._resolve import (
     mask_dedup,
     resolve_overlaps,
 )
-from napari_sam.predictor import Prediction
 from tolerance import assert_close_rounding
 
 # --------------------------------------------------------------------------- stand-ins
@@ -44,14 +44,17 @@ class _Token:
     contrast_limits: tuple[float, float] | None
 
 
-class _Oracle2D:
+class _Oracle2D(BasePredictor):
     """A point selects the instance under it: 3 identical masks, score 1.0.
 
     Logits are +``inside`` in the object and ``outside`` elsewhere; on background
     the masks are empty with score ``miss_score``. ``candidates(labels, obj)`` may
     replace the 3 candidates: it returns ``[(mask, logits, score), ...] * 3``.
-    Low-res logits have the slice's shape, so ``upscale`` is the identity.
+    Low-res logits have the slice's shape, so ``upscale`` is the identity; it
+    declares ``lowres_decoding`` so that everything mode filters before upscaling.
     """
+
+    lowres_decoding = True
 
     def __init__(self, *, inside=10.0, outside=-10.0, miss_score=0.1, candidates=None):
         self.inside = inside
@@ -884,7 +887,7 @@ def test_fast_decoder_equals_predict_batch(tiny_predictor, shape):
     ref = tiny_predictor.predict_batch(emb, points=pts, labels=np.ones((9, 1)), upscale=False)
     dec = PointDecoder(tiny_predictor.model, emb.features)
     coords = torch.as_tensor(emb.to_model_frame(pts), dtype=torch.float32)
-    stage = dec.transformer(coords, torch.ones(9, 1, dtype=torch.int64))
+    stage = dec.decode_points(coords, torch.ones(9, 1, dtype=torch.int64))
     logits = dec.masks(stage).numpy()
     ref_logits = np.stack([p.logits for p in ref])
     assert np.allclose(logits, ref_logits, atol=1e-4 * max(1.0, np.abs(ref_logits).max()))

@@ -88,6 +88,10 @@ class _ThresholdPredictor:
         self.embedded: list[tuple[int, int]] = []
         self.tile_score = tile_score  # predicted IoU on tiles; 1.0 on the whole slice
 
+    def decode(self, emb, **prompts):
+        """The whole-slice decoder that the tiling layer is given."""
+        return self.predict_batch(emb, **prompts)
+
     def embed_parts(self, parts: list[np.ndarray]) -> list[_Part]:
         self.embedded.extend(p.shape for p in parts)
         return [_Part(p, p.shape) for p in parts]
@@ -141,7 +145,7 @@ def test_small_objects_decoded_on_tiles_and_stitched():
     assert pred.embedded == []  # lazy: nothing embedded before the first prompt
     ids = [1, 2, 3, 4]
     centres = [np.argwhere(truth == i).mean(axis=0) for i in ids]
-    out = predict_tiled(pred, emb, [c[None] for c in centres], [[1]] * 4, None, None, True)
+    out = predict_tiled(pred.decode, emb, [c[None] for c in centres], [[1]] * 4, None, None, True)
     for i, p in zip(ids, out):
         assert p.masks.shape == (3, 512, 512)
         np.testing.assert_array_equal(p.best_mask, truth == i)
@@ -157,7 +161,7 @@ def test_the_higher_predicted_iou_wins_between_tile_and_overview():
     for tile_score, from_tile in ((1.0, True), (0.5, False)):
         pred = _ThresholdPredictor(tile_score)
         emb = _tiled(image, pred)
-        (p,) = predict_tiled(pred, emb, [centre], [[1]], None, None, True)
+        (p,) = predict_tiled(pred.decode, emb, [centre], [[1]], None, None, True)
         np.testing.assert_array_equal(p.best_mask, truth == 1)
         assert float(p.scores.max()) == (tile_score if from_tile else 1.0)
 
@@ -167,7 +171,7 @@ def test_object_larger_than_a_tile_falls_back_to_overview():
     pred = _ThresholdPredictor()
     emb = _tiled(image, pred)
     # a click inside the big disc (id 5), far from the small ones
-    (p,) = predict_tiled(pred, emb, [np.array([[300.0, 380.0]])], [[1]], None, None, False)
+    (p,) = predict_tiled(pred.decode, emb, [np.array([[300.0, 380.0]])], [[1]], None, None, False)
     comps, _ = ndi.label(image > 0.5)
     np.testing.assert_array_equal(p.best_mask, comps == comps[300, 380])
     assert p.best_mask.sum() > 256 * 256  # bigger than any tile
@@ -178,11 +182,11 @@ def test_box_larger_than_tiles_goes_to_overview_and_masks_are_cropped():
     image, truth = _scene()
     pred = _ThresholdPredictor()
     emb = _tiled(image, pred)
-    (p,) = predict_tiled(pred, emb, None, None, [np.array([150, 150, 450, 450])], None, True)
+    (p,) = predict_tiled(pred.decode, emb, None, None, [np.array([150, 150, 450, 450])], None, True)
     assert p.best_mask[300, 300]
     with pytest.raises(ValueError, match="slice's shape"):
-        predict_tiled(pred, emb, None, None, None, [np.zeros((64, 64), np.float32)], True)
-    (m,) = predict_tiled(pred, emb, None, None, None, [truth == 1], True)
+        predict_tiled(pred.decode, emb, None, None, None, [np.zeros((64, 64), np.float32)], True)
+    (m,) = predict_tiled(pred.decode, emb, None, None, None, [truth == 1], True)
     np.testing.assert_array_equal(m.best_mask, truth == 1)
 
 

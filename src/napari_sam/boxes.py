@@ -14,6 +14,7 @@ a mask covers ``mask[row_min:row_max, col_min:col_max]``, so a single pixel at
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 def as_boxes(boxes, name: str = "boxes") -> np.ndarray:
@@ -130,14 +131,14 @@ def batched_nms(boxes, scores, groups, iou_thresh: float) -> np.ndarray:
     return idx[np.argsort(-s[idx], kind="stable")]
 
 
-def boxes_from_masks(masks) -> np.ndarray:
+def boxes_from_masks(masks: ArrayLike) -> np.ndarray:
     """``(N, 4)`` int64 half-open boxes of ``(N, H, W)`` bool masks; ``(0, 0, 0, 0)`` if empty."""
-    m = np.asarray(masks, dtype=bool)
+    m: np.ndarray = np.asarray(masks, dtype=bool)
     if m.ndim != 3:
         raise ValueError(f"masks must have shape (N, H, W), got {m.shape}")
     n, h, w = m.shape
-    rows = m.any(axis=2)
-    cols = m.any(axis=1)
+    rows = np.asarray(m.any(axis=2))
+    cols = np.asarray(m.any(axis=1))
     out = np.zeros((n, 4), dtype=np.int64)
     has = rows.any(axis=1)
     out[has, 0] = rows[has].argmax(axis=1)

@@ -224,6 +224,7 @@ class EmbeddingCache:
             if owner:
                 pending = _Pending()
                 self._pending[key] = pending
+        assert pending is not None  # found, or made here
         if not owner:
             pending.done.wait()
             if pending.error is not None:

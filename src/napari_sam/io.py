@@ -334,9 +334,9 @@ def read_tiff_info(path: PathLike) -> TiffInfo:
     """
     tifffile = _tifffile()
     path = Path(path)
-    size = check_file(path, KINDS[".tif"])
+    nbytes = check_file(path, KINDS[".tif"])
     with reading_tiff(path), tifffile.TiffFile(path) as tif:
-        check_tiff_complete(tif, path, size)
+        check_tiff_complete(tif, path, nbytes)
         series = tif.series[0]
         shape = tuple(int(s) for s in series.shape)
         axes = str(series.axes)

@@ -132,7 +132,7 @@ def to_rgb_float(
     image = validate_slice(image)
     limits = contrast_limits if contrast_limits is not None else default_range(image)
     work = _working_dtype(image, limits)
-    data = image.astype(work, copy=False)
+    data: np.ndarray = image.astype(work, copy=False)
     non_finite = ~np.isfinite(data) if data.dtype.kind == "f" else None
     if non_finite is not None and non_finite.any():
         n_nan = int(np.isnan(data).sum())
@@ -187,7 +187,7 @@ def _working_dtype(image: np.ndarray, limits: tuple[float, float] | None) -> typ
         return np.float64 if big else np.float32
     if big:
         warnings.warn(
-            f"contrast limits {tuple(limits)} go near or beyond float32's largest value "
+            f"contrast limits {tuple(limits or ())} go near or beyond float32's largest value "
             "(3.4e38): the slice is normalized in float64",
             stacklevel=4,
         )

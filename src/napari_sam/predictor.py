@@ -10,82 +10,24 @@ happens in exactly one place, :meth:`Embedding.to_model_frame`.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_sam.prompt_checks import check_box, check_points
+from napari_sam.contract import BasePredictor, Prediction, PredictorProtocol
+from napari_sam.prompt_checks import check_batch, check_box, check_points
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from napari_sam.everything._decoder import PointDecoder
     from napari_sam.model.sam import Sam
-    from napari_sam.tiling import TiledEmbedding
+    from napari_sam.tiling import TiledEmbedding, TileGrid
 
-
-class Prediction:
-    """Masks for one object (one prompt set).
-
-    Parameters
-    ----------
-    masks : ``(K, H, W)`` bool masks, or None when ``upscaler`` computes them
-    scores, logits : see Attributes
-    upscaler : callable ``indices -> (len(indices), H, W)`` bool masks at the
-        slice size; the masks are then computed on first access, and only the
-        ones accessed (:attr:`best_mask` and :meth:`mask` upscale one mask)
-
-    Attributes
-    ----------
-    masks : ``(K, H, W)`` bool at the slice's own resolution (K = 3 with
-        ``multimask=True``, else 1), ordered as the model returns them;
-        computed on first access (all K)
-    scores : ``(K,)`` predicted IoU of each mask
-    logits : ``(K, h, w)`` float32 low-res logits (256 x 256 for SAM), usable
-        as the ``mask`` prompt of a later call
-    """
-
-    __slots__ = ("_masks", "_one", "_upscaler", "logits", "scores")
-
-    def __init__(self, masks, scores, logits, *, upscaler=None) -> None:
-        if masks is None and upscaler is None:
-            raise ValueError("Prediction needs masks or an upscaler")
-        self._masks = masks
-        self._one: dict[int, np.ndarray] = {}
-        self._upscaler = upscaler
-        self.scores = scores
-        self.logits = logits
-
-    def __repr__(self) -> str:
-        return f"Prediction(scores={np.asarray(self.scores).tolist()})"
-
-    @property
-    def masks(self) -> np.ndarray:
-        """``(K, H, W)`` bool masks at the slice size (all K, upscaled on first access)."""
-        if self._masks is None:
-            k = len(self.scores)
-            self._masks = self._upscaler(list(range(k)))
-        return self._masks
-
-    def mask(self, index: int) -> np.ndarray:
-        """``(H, W)`` bool mask ``index`` at the slice size (only this one is upscaled)."""
-        if self._masks is not None:
-            return self._masks[index]
-        index = int(index) % len(self.scores)
-        if index not in self._one:
-            self._one[index] = self._upscaler([index])[0]
-        return self._one[index]
-
-    @property
-    def best_index(self) -> int:
-        """Index of the mask with the highest predicted IoU."""
-        return int(np.argmax(self.scores))
-
-    @property
-    def best_mask(self) -> np.ndarray:
-        """``(H, W)`` bool mask with the highest predicted IoU."""
-        return self.mask(self.best_index)
+__all__ = ["Embedding", "Prediction", "Predictor", "PredictorProtocol", "segment_slice"]
 
 
 @dataclass(frozen=True)
@@ -117,25 +59,6 @@ class Embedding:
         return np.stack([rc[..., 1] * sx, rc[..., 0] * sy], axis=-1)
 
 
-@runtime_checkable
-class PredictorProtocol(Protocol):
-    """What the annotator, propagation and everything mode need from a predictor."""
-
-    def embed(self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None):
-        """Embed one 2D slice ``(H, W)`` or ``(H, W, C)``; returns an opaque embedding."""
-
-    def predict(
-        self,
-        embedding,
-        points: np.ndarray | None = None,
-        labels: np.ndarray | None = None,
-        box: np.ndarray | None = None,
-        mask: np.ndarray | None = None,
-        multimask: bool = True,
-    ) -> Prediction:
-        """Masks for one object from ``(row, col)`` points, a box and/or a mask prompt."""
-
-
 def resized_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
     """Shape of an ``(h, w)`` image scaled so that its longest side is ``long_side``."""
     scale = long_side / max(h, w)
@@ -158,7 +81,7 @@ def _check_tiling(tiling: str) -> str:
     return tiling
 
 
-def _resolve_precision(precision: str, device) -> Any:
+def _resolve_precision(precision: str, device: Any) -> Any:
     import torch
 
     if precision == "float32":
@@ -181,8 +104,14 @@ def _resolve_precision(precision: str, device) -> Any:
     return None
 
 
-class Predictor:
+class Predictor(BasePredictor):
     """SAM on 2D microscopy slices: ``embed`` once per slice, ``predict`` per prompt.
+
+    The :class:`~napari_sam.contract.BasePredictor` contract, implemented with
+    this package's torch SAM. Slices larger than the model input are handed
+    to the tiling layer (:mod:`napari_sam.tiling`), which embeds and decodes
+    them tile by tile with this predictor's whole-slice :meth:`embed_batch`
+    and decoder.
 
     Parameters
     ----------
@@ -210,6 +139,15 @@ class Predictor:
     True
     """
 
+    model: Sam
+    model_name: str
+    precision: str
+    image_size: int
+    #: ``predict_batch(..., upscale=False)`` gives low-res masks; :meth:`upscale` maps them.
+    lowres_decoding = True
+    #: How many embeddings keep their prepared decoder (each about 2.5x the embedding's memory).
+    prepared_cache_size = 2
+
     def __init__(
         self,
         model: str | os.PathLike | Sam = "micro",
@@ -232,7 +170,9 @@ class Predictor:
             self.model = load_model(model, device)
             self.model_name = os.fspath(model)
         self.device = self.model.device
-        self._dense_pe = None  # positional encoding of the embedding grid: a model constant
+        self.image_size = int(self.model.img_size)
+        self.mask_threshold = float(self.model.mask_threshold)
+        self._dense_pe: Any = None  # positional encoding of the embedding grid: a model constant
         # prompt-independent decoder work of the last few embeddings (see _prepared_decoder)
         self._prepared: list = []
         self.autocast_dtype = _resolve_precision(precision, self.device)
@@ -247,11 +187,6 @@ class Predictor:
             self.autocast_dtype = None
         self.tiling = _check_tiling(tiling)
         self.tile_overlap = tile_overlap
-
-    @property
-    def image_size(self) -> int:
-        """Side of the square model input."""
-        return self.model.img_size
 
     # ------------------------------------------------------------------ embed
     def preprocess(
@@ -274,7 +209,7 @@ class Predictor:
         x = self.model.preprocess(x.to(self.device))
         return x, (h, w), (th, tw)
 
-    def plan_tiles(self, shape: tuple[int, int], tiling: str | None = None):
+    def plan_tiles(self, shape: tuple[int, int], tiling: str | None = None) -> TileGrid | None:
         """The :class:`~napari_sam.tiling.TileGrid` for a ``(H, W)`` slice, or None (no tiling)."""
         from napari_sam.tiling import DEFAULT_TILE_THRESHOLD, plan_tiles
 
@@ -309,10 +244,25 @@ class Predictor:
         (with tiling on, see :meth:`plan_tiles`) a :class:`~napari_sam.tiling.TiledEmbedding` whose
         tiles are embedded on first use; both decode with :meth:`predict`.
         """
+        from napari_sam.tiling import TiledEmbedding
 
         grid = self.plan_tiles(np.shape(image)[:2], tiling)
-        if grid is not None:
-            return self._embed_tiled(image, contrast_limits, grid)
+        if grid is None:
+            return self.embed_untiled(image, contrast_limits=contrast_limits)
+        return TiledEmbedding.from_image(
+            image,
+            grid,
+            contrast_limits,
+            self.embed_batch,
+            # small inputs (micro: 256 px) embed many tiles per pass faster; SAM's one at a time
+            batch_size=16 if self.image_size <= 512 else 1,
+            metadata={"model": self.model_name, "precision": self.precision},
+        )
+
+    def embed_untiled(
+        self, image: np.ndarray, *, contrast_limits: tuple[float, float] | None = None
+    ) -> Embedding:
+        """The whole slice resized to the model input: one :class:`Embedding`, never tiled."""
         return self.embed_batch([image], contrast_limits=contrast_limits)[0]
 
     def embed_batch(
@@ -336,7 +286,7 @@ class Predictor:
             else:
                 features = self._image_encoder(x)
         features = features.float().contiguous()
-        limits = None if contrast_limits is None else tuple(contrast_limits)
+        limits = None if contrast_limits is None else _pair(contrast_limits)
         return [
             Embedding(
                 features=features[k : k + 1],
@@ -348,44 +298,13 @@ class Predictor:
             for k, (_, original, resized) in enumerate(inputs)
         ]
 
-    def _embed_tiled(self, image, contrast_limits, grid) -> TiledEmbedding:
-        from napari_sam.normalize import (
-            check_contrast_limits,
-            default_range,
-            intensity_range,
-            to_rgb_float,
-            validate_slice,
-        )
-        from napari_sam.tiling import TiledEmbedding
+    def embedding_geometry(
+        self, slice_shape: tuple[int, ...]
+    ) -> tuple[tuple[int, int, int], tuple[int, int]] | None:
+        """``((C, e, e), (h, w))`` of a slice's :class:`Embedding`, from the model's config."""
+        from napari_sam.contract import geometry_from_config
 
-        image = validate_slice(image)
-        # one intensity mapping for every tile, computed from the whole slice
-        if contrast_limits is not None:
-            limits = check_contrast_limits(contrast_limits)
-        else:
-            limits = default_range(image)
-        if limits is None and image.ndim == 2:
-            limits = intensity_range(image)
-        elif limits is None:  # several channels, each with its own percentiles
-            image, limits = to_rgb_float(image), (0.0, 255.0)
-
-        def embed_parts(parts: list[np.ndarray]) -> list[Embedding]:
-            return self.embed_batch(parts, contrast_limits=limits)
-
-        return TiledEmbedding(
-            grid=grid,
-            original_size=tuple(int(v) for v in np.shape(image)[:2]),
-            contrast_limits=None if contrast_limits is None else tuple(contrast_limits),
-            image=image,
-            embed_fn=embed_parts,
-            # small inputs (micro: 256 px) embed many tiles per pass faster; SAM's one at a time
-            batch_size=16 if self.image_size <= 512 else 1,
-            metadata={
-                "model": self.model_name,
-                "precision": self.precision,
-                "tiling": {"tile": grid.tile, "overlap": grid.overlap, "n_tiles": len(grid)},
-            },
-        )
+        return geometry_from_config(self.model.config, self.image_size, slice_shape)
 
     # ---------------------------------------------------------------- predict
     def mask_prompt(self, emb: Embedding, mask: np.ndarray) -> np.ndarray:
@@ -414,76 +333,63 @@ class Predictor:
         t = F.interpolate(t, tuple(low_res), mode="area")
         return ((t[0, 0] > 0.5).float() * 16.0 - 8.0).numpy()
 
-    def predict(
-        self,
-        embedding: Embedding,
-        points: np.ndarray | None = None,
-        labels: np.ndarray | None = None,
-        box: np.ndarray | None = None,
-        mask: np.ndarray | None = None,
-        multimask: bool = True,
-    ) -> Prediction:
-        """Masks for one object.
-
-        Parameters
-        ----------
-        embedding : from :meth:`embed`
-        points : ``(N, 2)`` ``(row, col)`` pixels of the slice
-        labels : ``(N,)`` 1 = positive, 0 = negative (default: all positive)
-        box : ``(row_min, col_min, row_max, col_max)``
-        mask : low-res logits ``(256, 256)`` or a slice-shaped mask (see :meth:`mask_prompt`)
-        multimask : 3 candidate masks (True) or the single-mask output (False)
-        """
-        batch = self.predict_batch(
-            embedding,
-            points=None if points is None else [points],
-            labels=None if labels is None else [labels],
-            boxes=None if box is None else [box],
-            masks=None if mask is None else [mask],
-            multimask=multimask,
-        )
-        return batch[0]
-
     def predict_batch(
         self,
-        embedding: Embedding,
-        points: list | np.ndarray | None = None,
-        labels: list | np.ndarray | None = None,
-        boxes: list | np.ndarray | None = None,
-        masks: list | np.ndarray | None = None,
+        embedding: Any,
+        points: Any = None,
+        labels: Any = None,
+        boxes: Any = None,
+        masks: Any = None,
         multimask: bool = True,
         upscale: bool = True,
     ) -> list[Prediction]:
         """Masks for B objects in one decoder call (all prompts of one kind per call).
 
         ``points`` is ``(B, N, 2)`` (same N for every object), ``labels`` ``(B, N)``,
-        ``boxes`` ``(B, 4)``, ``masks`` B mask prompts. Returns B predictions (none
+        ``boxes`` ``(B, 4)``, ``masks`` B mask prompts (low-res logits ``(256, 256)``
+        or slice-shaped masks, see :meth:`mask_prompt`). Returns B predictions (none
         for B = 0). NaN or infinite coordinates, points outside the slice and
         objects without any prompt (``N = 0`` and no box or mask) raise
         ``ValueError``. With
         ``upscale=False`` the predictions' ``masks`` are the low-res masks (logits > 0)
-        and can be upscaled later with :meth:`upscale`.
+        and can be upscaled later with :meth:`upscale`. A
+        :class:`~napari_sam.tiling.TiledEmbedding` is decoded by the tiling layer
+        (:func:`~napari_sam.tiling.predict_tiled`), at the slice's size.
         """
+        from napari_sam.tiling import TiledEmbedding, predict_tiled
+
+        if not isinstance(embedding, TiledEmbedding):
+            return self._decode(embedding, points, labels, boxes, masks, multimask, upscale)
+        points, labels, bsz = check_batch(points, labels, boxes, masks)
+        if bsz == 0:
+            return []
+        _check_prompts(points, labels, boxes, bsz, _size(embedding.original_size))
+        return predict_tiled(self._decode, embedding, points, labels, boxes, masks, multimask)
+
+    def _decode(
+        self,
+        embedding: Embedding,
+        points: Any = None,
+        labels: Any = None,
+        boxes: Any = None,
+        masks: Any = None,
+        multimask: bool = True,
+        upscale: bool = True,
+    ) -> list[Prediction]:
+        """:meth:`predict_batch` on a whole-slice :class:`Embedding`."""
         import torch
 
-        from napari_sam.prompt_checks import check_batch
+        from napari_sam.upscaling import MaskUpscaler
 
         points, labels, bsz = check_batch(points, labels, boxes, masks)
         if bsz == 0:  # no objects: no predictions
             return []
-        from napari_sam.tiling import TiledEmbedding, predict_tiled
-
-        size = tuple(embedding.original_size)
-        if points is not None:  # NaN, inf, outside the slice: refused before any decoding
-            label_list = labels if labels is not None else [None] * bsz
-            checked = [check_points(p, l, size) for p, l in zip(points, label_list)]
-        if boxes is not None:
-            checked_boxes = np.stack([check_box(b, size) for b in boxes])
-        if isinstance(embedding, TiledEmbedding):
-            return predict_tiled(self, embedding, points, labels, boxes, masks, multimask)
+        size = _size(embedding.original_size)
+        # NaN, inf, outside the slice: refused before any decoding
+        checked, checked_boxes = _check_prompts(points, labels, boxes, bsz, size)
         dev = self.device
         pt = None
-        if points is not None:
+        if checked is not None:
             if len({c[0].shape[0] for c in checked}) != 1:
                 raise ValueError("every object in a batch needs the same number of points")
             coords = np.stack([embedding.to_model_frame(c[0]) for c in checked])
@@ -493,7 +399,7 @@ class Predictor:
                 torch.as_tensor(lab, dtype=torch.int64, device=dev),
             )
         bx = None
-        if boxes is not None:
+        if checked_boxes is not None:
             corners = embedding.to_model_frame(checked_boxes.reshape(-1, 2, 2)).reshape(-1, 4)
             bx = torch.as_tensor(corners, dtype=torch.float32, device=dev)
         mk = None
@@ -527,12 +433,13 @@ class Predictor:
         # masks at the slice size are computed when accessed, and only those accessed
         return [
             Prediction(
-                None, iou_np[i], logits_np[i], upscaler=_MaskUpscaler(self, embedding, logits[i])
+                None, iou_np[i], logits_np[i],
+                upscaler=MaskUpscaler(self.model, embedding, logits[i]),
             )
             for i in range(bsz)
         ]
 
-    def _prepared_decoder(self, embedding: Embedding):
+    def _prepared_decoder(self, embedding: Embedding) -> Any:
         """The :class:`~napari_sam.model.prepared_decoder.PreparedDecoder` of ``embedding``.
 
         Kept for the last :attr:`prepared_cache_size` embeddings (by identity, through
@@ -573,121 +480,65 @@ class Predictor:
             )]
         return prepared
 
-    #: How many embeddings keep their prepared decoder (each about 2.5x the embedding's memory).
-    prepared_cache_size = 2
+    def point_decoder(self, embedding: Any) -> PointDecoder | None:
+        """Everything mode's exact decoder of single points on a whole-slice ``embedding``."""
+        from napari_sam.everything._decoder import PointDecoder, supports_fast_decoder
 
-    def upscale(self, embedding: Embedding, logits: torch.Tensor) -> torch.Tensor:
+        if not isinstance(embedding, Embedding) or not supports_fast_decoder(self.model):
+            return None
+        return PointDecoder(self.model, embedding.features)
+
+    # ---------------------------------------------------------------- upscale
+    def upscale(self, embedding: Embedding, logits: Any) -> torch.Tensor:
         """Low-res logits ``(..., h, w)`` -> logits at the slice size ``(..., H, W)``.
 
-        SAM's postprocessing (bilinear to the padded model input, crop to the
-        resized slice, bilinear to the slice size), with the first step
-        evaluated only on the low-res rows and columns the crop reads (the same
-        values, fewer pixels for non-square slices).
+        SAM's postprocessing, computed on the rows and columns the crop keeps
+        (:func:`napari_sam.upscaling.upscale_logits`).
         """
-        import torch
-        import torch.nn.functional as F
+        from napari_sam.upscaling import upscale_logits
 
-        t = torch.as_tensor(logits, device=self.device, dtype=torch.float32)
-        lead = t.shape[:-2]
-        t = t.reshape(-1, 1, *t.shape[-2:])
-        s = self.image_size
-        (ih, iw), (oh, ow) = embedding.input_size, embedding.original_size
-        lh, lw = t.shape[-2:]
-        if s % lh or s % lw:  # not an integer scale: SAM's postprocessing as is
-            out = self.model.postprocess_masks(t, embedding.input_size, embedding.original_size)
-            return out.reshape(*lead, *out.shape[-2:])
-        fy, fx = s // lh, s // lw
-        # output rows y < ih read low-res rows up to floor((y + 0.5) / fy - 0.5) + 1 <= nh - 1,
-        # never the last row of the block, so the block's border clamping changes nothing
-        nh, nw = min(lh, -(-ih // fy) + 1), min(lw, -(-iw // fx) + 1)
-        out = F.interpolate(
-            t[..., :nh, :nw], (nh * fy, nw * fx), mode="bilinear", align_corners=False
-        )[..., :ih, :iw]
-        if (ih, iw) != (oh, ow):
-            out = F.interpolate(out, (oh, ow), mode="bilinear", align_corners=False)
-        return out.reshape(*lead, *out.shape[-2:])
+        return upscale_logits(self.model, embedding, logits)
 
-    def upscale_masks(self, embedding: Embedding, logits) -> np.ndarray:
+    def upscale_masks(self, embedding: Embedding, logits: Any) -> np.ndarray:
         """Low-res logits ``(..., h, w)`` -> bool masks at the slice size ``(..., H, W)``.
 
-        Equal to ``upscale(embedding, logits) > mask_threshold``, computed on
-        less: a bilinear value is a convex combination of neighbouring low-res
-        values, so a pixel whose low-res neighbours are all at or below the
-        threshold is too. Only the low-res block around each mask's pixels
-        above the threshold (with a margin of :attr:`_MASK_MARGIN` cells) is
-        upscaled; inside it the values are those of :meth:`upscale` (the block
-        is cut on whole cells, so its interpolation weights are the same).
+        Equal to ``upscale(embedding, logits) > mask_threshold``, computed only
+        around each mask (:func:`napari_sam.upscaling.upscale_masks`).
         """
-        import torch
-        import torch.nn.functional as F
+        from napari_sam.upscaling import upscale_masks
 
-        thr = float(self.model.mask_threshold)
-        t = torch.as_tensor(logits, device=self.device, dtype=torch.float32)
-        lead = t.shape[:-2]
-        lh, lw = t.shape[-2:]
-        t = t.reshape(-1, lh, lw)
-        s = self.image_size
-        (ih, iw), (oh, ow) = embedding.input_size, embedding.original_size
-        if s % lh or s % lw:  # not an integer scale: no block structure
-            return (self.upscale(embedding, logits) > thr).cpu().numpy()
-        fy, fx = s // lh, s // lw
-        m = self._MASK_MARGIN
-        out = np.zeros((t.shape[0], oh, ow), dtype=bool)
-        with torch.inference_mode():
-            for k in range(t.shape[0]):
-                above = t[k] > thr
-                rows = torch.nonzero(above.any(dim=1)).flatten()
-                if rows.numel() == 0:
-                    continue  # every value at or below the threshold: so is every pixel
-                cols = torch.nonzero(above.any(dim=0)).flatten()
-                a0, a1 = max(0, int(rows[0]) - m), min(lh, int(rows[-1]) + 1 + m)
-                b0, b1 = max(0, int(cols[0]) - m), min(lw, int(cols[-1]) + 1 + m)
-                y0, x0 = a0 * fy, b0 * fx
-                y1, x1 = min(ih, a1 * fy), min(iw, b1 * fx)
-                if y1 <= y0 or x1 <= x0:
-                    continue  # the block lies in the padding that the crop removes
-                block = F.interpolate(
-                    t[k, a0:a1, b0:b1][None, None],
-                    ((a1 - a0) * fy, (b1 - b0) * fx),
-                    mode="bilinear",
-                    align_corners=False,
-                )[0, 0, : y1 - y0, : x1 - x0]
-                if (ih, iw) == (oh, ow):
-                    out[k, y0:y1, x0:x1] = (block > thr).cpu().numpy()
-                    continue
-                # the second resize reads pixels next to the block too: outside it
-                # every value is at or below the threshold, and the threshold
-                # itself stands in for them (the margin keeps it away from
-                # pixels above the threshold, so no sign changes)
-                crop = torch.full((ih, iw), thr, dtype=t.dtype, device=t.device)
-                crop[y0:y1, x0:x1] = block
-                full = F.interpolate(crop[None, None], (oh, ow), mode="bilinear",
-                                     align_corners=False)[0, 0]
-                out[k] = (full > thr).cpu().numpy()
-        return out.reshape(*lead, oh, ow)
+        return upscale_masks(self.model, embedding, logits)
 
-    #: Low-res cells around a mask's pixels above the threshold that :meth:`upscale_masks`
-    #: upscales too (two keep the block's border rows, clamped differently from the
-    #: whole image, below the threshold; the third keeps the second resize exact).
-    _MASK_MARGIN = 3
+    def lowres_extent(self, embedding: Any, low_shape: tuple[int, int]) -> tuple[int, int]:
+        """Rows and columns of ``low_shape`` logits that show the slice (not the padding)."""
+        h, w = int(low_shape[0]), int(low_shape[1])
+        if not isinstance(embedding, Embedding):
+            return h, w
+        inp, size = embedding.input_size, self.image_size
+        return min(h, math.ceil(inp[0] * h / size)), min(w, math.ceil(inp[1] * w / size))
 
 
+def _pair(values: Any) -> tuple[float, float]:
+    """``(low, high)`` as given (a 2-sequence; the values are kept as they are)."""
+    low, high = values
+    return low, high
 
-class _MaskUpscaler:
-    """Masks at the slice size from one prediction's low-res logits, on demand."""
 
-    __slots__ = ("embedding", "logits", "predictor")
+def _size(values: Any) -> tuple[int, int]:
+    h, w = values
+    return int(h), int(w)
 
-    def __init__(self, predictor: Predictor, embedding: Embedding, logits) -> None:
-        self.predictor = predictor
-        self.embedding = embedding
-        self.logits = logits  # (K, h, w) torch
 
-    def __call__(self, indices) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return self.predictor.upscale_masks(self.embedding, self.logits[list(indices)])
+def _check_prompts(
+    points: Any, labels: Any, boxes: Any, bsz: int, size: tuple[int, int]
+) -> tuple[list[tuple[np.ndarray, np.ndarray]] | None, np.ndarray | None]:
+    """Points and boxes of a batch checked against the slice (NaN, inf, outside)."""
+    checked = None
+    if points is not None:
+        label_list = labels if labels is not None else [None] * bsz
+        checked = [check_points(p, lab, size) for p, lab in zip(points, label_list)]
+    boxes_checked = None if boxes is None else np.stack([check_box(b, size) for b in boxes])
+    return checked, boxes_checked
 
 
 def segment_slice(
@@ -696,7 +547,7 @@ def segment_slice(
     labels: np.ndarray | None = None,
     box: np.ndarray | None = None,
     *,
-    model: str | os.PathLike | Predictor = "micro",
+    model: str | os.PathLike | BasePredictor = "micro",
     contrast_limits: tuple[float, float] | None = None,
     multimask: bool = True,
 ) -> np.ndarray:
@@ -710,7 +561,7 @@ def segment_slice(
     """
     from napari_sam.masks import keep_prompted_parts
 
-    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    predictor = model if isinstance(model, BasePredictor) else Predictor(model)
     emb = predictor.embed(image, contrast_limits=contrast_limits)
     best = predictor.predict(emb, points, labels, box, multimask=multimask).best_mask
     return keep_prompted_parts(best, points, labels, box)

@@ -264,7 +264,8 @@ def image_signature(
     strided = (slice(None, None, step), slice(None, None, step))
     for flat in picks:
         index = tuple(int(i) for i in np.unravel_index(flat, lead)) if lead else ()
-        sample = _native(read_slice(stack, (*index, *strided)))
+        where: tuple[Any, ...] = (*index, *strided)
+        sample = _native(read_slice(stack, where))
         h.update(flat.to_bytes(8, "little"))
         h.update(sample.reshape(-1).view(np.uint8).data if sample.size else b"")
     return ImageSignature(

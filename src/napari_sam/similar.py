@@ -132,7 +132,9 @@ def _as_numpy(features: Any) -> np.ndarray:
 
 
 def _has_features(embedding: Any) -> bool:
-    if all(hasattr(embedding, a) for a in ("grid", "tile", "overview")):
+    from napari_sam.tiling import TiledEmbedding
+
+    if isinstance(embedding, TiledEmbedding):
         return True
     return all(hasattr(embedding, a) for a in ("features", "input_size", "original_size"))
 
@@ -169,9 +171,11 @@ def pooled_features(embedding: Any, mask: np.ndarray) -> np.ndarray | None:
 
 def _pool_pixels(embedding: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray | None:
     """:func:`pooled_features` of the pixels ``(rows, cols)``."""
+    from napari_sam.tiling import TiledEmbedding
+
     if rows.size == 0 or not _has_features(embedding):
         return None
-    if all(hasattr(embedding, a) for a in ("grid", "tile", "overview")):
+    if isinstance(embedding, TiledEmbedding):
         extent = (rows.min(), cols.min(), rows.max(), cols.max())
         index, margin = embedding.grid.route(extent)
         if margin >= 0:

@@ -99,8 +99,8 @@ def find_similar_stack(
     ex_feats = _Features()
     for m in exemplars:
         sections = m.sum(axis=(1, 2))
-        for z in np.flatnonzero(sections >= MIN_SECTION * sections.max()):
-            ex_feats.add_mask(embedding_of(int(z)), plane(int(z)), m[z])
+        for section in np.flatnonzero(sections >= MIN_SECTION * sections.max()):
+            ex_feats.add_mask(embedding_of(int(section)), plane(int(section)), m[section])
     cand_feats, owner = _Features(), []
     for z in range(shape[0]):
         boxes = ndi.find_objects(out[z])

@@ -20,12 +20,19 @@ at native resolution (no resize):
   object whose tile mask reaches an inner edge of its tile (so it may
   continue beyond it) takes the overview's.
 
+This is a layer of its own under :class:`napari_sam.predictor.Predictor`:
+``Predictor.embed`` hands a slice that needs tiles to
+:meth:`TiledEmbedding.from_image` with its whole-slice encoder
+(``embed_batch``), and ``Predictor.predict_batch`` hands a tiled embedding
+to :func:`predict_tiled` with its whole-slice decoder. Both functions take
+these as plain callables, so any whole-slice predictor can be tiled, and
+decoding a tile never goes back through ``predict_batch``.
+
 Coordinates are napari's ``(row, col)`` slice pixels throughout; tiles only
 shift them by the tile's origin. The ``(row, col)`` -> ``(x, y)`` conversion
 stays in :meth:`napari_sam.predictor.Embedding.to_model_frame`.
 
-This module imports neither torch nor Qt; it drives a
-:class:`~napari_sam.predictor.Predictor`.
+This module imports neither torch nor Qt.
 """
 
 from __future__ import annotations
@@ -251,8 +258,8 @@ class TiledEmbedding:
             )
         emb = cls(
             grid=grid,
-            original_size=tuple(int(v) for v in original_size),
-            contrast_limits=None if contrast_limits is None else tuple(contrast_limits),
+            original_size=(int(original_size[0]), int(original_size[1])),
+            contrast_limits=None if contrast_limits is None else _pair(contrast_limits),
             image=None,
             embed_fn=None,
             metadata=dict(metadata or {}),
@@ -260,6 +267,73 @@ class TiledEmbedding:
         emb._tiles.update({i: t for i, t in enumerate(tiles) if t is not None})
         emb._overview = overview
         return emb
+
+    @classmethod
+    def from_image(
+        cls,
+        image: np.ndarray,
+        grid: TileGrid,
+        contrast_limits: tuple[float, float] | None,
+        embed_parts: Callable[..., list[Any]],
+        *,
+        batch_size: int = 1,
+        metadata: dict | None = None,
+    ) -> TiledEmbedding:
+        """A tiled embedding of ``image`` whose tiles are embedded on first use.
+
+        Every tile and the overview are normalized with one intensity mapping
+        of the whole slice: ``contrast_limits``, else the slice's default
+        range (:func:`napari_sam.normalize.default_range`, robust percentiles
+        of a single-channel slice; a multichannel slice is normalized per
+        channel once, here).
+
+        Parameters
+        ----------
+        image : ``(H, W)`` or ``(H, W, C)`` slice
+        grid : its tiles (:func:`plan_tiles`)
+        contrast_limits : ``(low, high)`` or None (see above)
+        embed_parts : ``embed_parts(parts, contrast_limits=limits) -> embeddings``:
+            whole-slice embeddings of a list of image parts (a predictor's
+            ``embed_batch``)
+        batch_size : most tiles per ``embed_parts`` call in :meth:`compute`
+        metadata : model name, precision...; the tiling is added
+        """
+        from napari_sam.normalize import (
+            check_contrast_limits,
+            default_range,
+            intensity_range,
+            to_rgb_float,
+            validate_slice,
+        )
+
+        image = validate_slice(image)
+        # one intensity mapping for every tile, computed from the whole slice
+        limits: tuple[float, float] | None
+        if contrast_limits is not None:
+            limits = check_contrast_limits(contrast_limits)
+        else:
+            limits = default_range(image)
+        if limits is None and image.ndim == 2:
+            limits = intensity_range(image)
+        elif limits is None:  # several channels, each with its own percentiles
+            image, limits = to_rgb_float(image), (0.0, 255.0)
+
+        def embed_fn(parts: list[np.ndarray]) -> list[Any]:
+            return embed_parts(parts, contrast_limits=limits)
+
+        h, w = np.shape(image)[:2]
+        return cls(
+            grid=grid,
+            original_size=(int(h), int(w)),
+            contrast_limits=None if contrast_limits is None else _pair(contrast_limits),
+            image=image,
+            embed_fn=embed_fn,
+            batch_size=batch_size,
+            metadata={
+                **(metadata or {}),
+                "tiling": {"tile": grid.tile, "overlap": grid.overlap, "n_tiles": len(grid)},
+            },
+        )
 
     def _embed_parts(self, parts: list[np.ndarray], what: str) -> list[Any]:
         if self.embed_fn is None:
@@ -287,7 +361,7 @@ class TiledEmbedding:
         """Indices of the tiles embedded so far."""
         return sorted(self._tiles)
 
-    def tile(self, index: int):
+    def tile(self, index: int) -> Any:
         """The :class:`~napari_sam.predictor.Embedding` of tile ``index`` (made on first use)."""
         with self._lock:
             emb = self._tiles.get(index)
@@ -302,7 +376,7 @@ class TiledEmbedding:
         r0, c0, r1, c1 = self.grid.window(index)
         return self.image[r0:r1, c0:c1]
 
-    def overview(self):
+    def overview(self) -> Any:
         """The embedding of the whole slice resized to the model input (for large objects)."""
         with self._lock:
             if self._overview is None:
@@ -339,202 +413,21 @@ class TiledEmbedding:
         return self
 
 
-def prompt_extent(
-    shape: tuple[int, int],
-    points: np.ndarray | None,
-    labels: np.ndarray | None,
-    box: np.ndarray | None,
-    mask: np.ndarray | None,
-) -> tuple[float, float, float, float] | None:
-    """``(row_min, col_min, row_max, col_max)`` spanned by an object's positive prompts.
-
-    Positive points, the box and a slice-shaped mask count; negative points
-    count only when nothing else is given. None when the prompts span nothing.
-    """
-    spans: list[np.ndarray] = []
-    if points is not None and len(points):
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        lab = np.ones(len(pts), bool) if labels is None else np.asarray(labels).ravel() == 1
-        if lab.any():
-            spans.append(pts[lab])
-    if box is not None:
-        b = np.asarray(box, dtype=np.float64).ravel()
-        spans.append(b.reshape(2, 2))
-    if mask is not None:
-        rows, cols = np.nonzero(mask)
-        if rows.size:
-            spans.append(np.array([[rows.min(), cols.min()], [rows.max(), cols.max()]], float))
-    if not spans and points is not None and len(points):
-        spans.append(np.asarray(points, dtype=np.float64).reshape(-1, 2))
-    if not spans:
-        return None
-    allp = np.concatenate(spans)
-    lo = np.clip(allp.min(axis=0), 0, [shape[0] - 1, shape[1] - 1])
-    hi = np.clip(allp.max(axis=0), 0, [shape[0] - 1, shape[1] - 1])
-    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+def _pair(values: Sequence[float]) -> tuple[float, float]:
+    low, high = values
+    return low, high
 
 
-def _shift_prompts(
-    window: tuple[int, int, int, int],
-    points: np.ndarray | None,
-    labels: np.ndarray | None,
-    box: np.ndarray | None,
-    mask: np.ndarray | None,
-) -> tuple | None:
-    """An object's prompts in the frame of a tile; None when nothing usable falls inside.
+# the decoding side of the layer (re-exported: ``napari_sam.tiling.predict_tiled``)
+from napari_sam.tiled_predict import Decode, predict_tiled, prompt_extent  # noqa: E402
 
-    Points outside the tile are dropped (they are far from the object);
-    the box is clipped to the tile; a slice-shaped mask is cropped.
-    """
-    r0, c0, r1, c1 = window
-    origin = np.array([r0, c0], dtype=np.float64)
-    pts = lab = None
-    if points is not None and len(points):
-        p = np.asarray(points, dtype=np.float64).reshape(-1, 2) - origin
-        lb = np.ones(len(p), np.int64) if labels is None else np.asarray(labels).ravel()
-        inside = (p[:, 0] >= 0) & (p[:, 0] <= r1 - r0 - 1) & (p[:, 1] >= 0)
-        inside &= p[:, 1] <= c1 - c0 - 1
-        if inside.any():
-            pts, lab = p[inside], lb[inside]
-    bx = None
-    if box is not None:
-        b = np.asarray(box, dtype=np.float64).ravel() - np.r_[origin, origin]
-        bx = np.clip(b, 0, [r1 - r0 - 1, c1 - c0 - 1, r1 - r0 - 1, c1 - c0 - 1])
-        if bx[2] <= bx[0] or bx[3] <= bx[1]:
-            bx = None
-    mk = None if mask is None else np.asarray(mask)[r0:r1, c0:c1]
-    has_positive = (lab is not None and (lab == 1).any()) or bx is not None
-    has_positive = has_positive or (mk is not None and bool(mk.any()))
-    if not has_positive:
-        return None
-    return pts, lab, bx, mk
-
-
-def _check_mask_prompt(emb: TiledEmbedding, mask) -> np.ndarray | None:
-    if mask is None:
-        return None
-    m = np.asarray(mask)
-    if m.shape != tuple(emb.original_size):
-        raise ValueError(
-            f"mask prompt has shape {m.shape}; a tiled embedding (slice "
-            f"{emb.original_size[0]}x{emb.original_size[1]}, {emb.n_tiles} tiles) needs a "
-            "mask of the slice's shape, not low-res logits"
-        )
-    return m.astype(bool) if m.dtype != bool else m
-
-
-def _decode_groups(predictor, embedding_of, jobs: dict, multimask: bool) -> dict:
-    """Decode objects grouped by embedding and prompt kind: ``{object: (key, Prediction)}``.
-
-    ``jobs`` maps ``(key, n_points, has_box, has_mask)`` to a list of
-    ``(object index, points, labels, box, mask)``; ``embedding_of(key)`` gives
-    the embedding of group key ``key``.
-    """
-    out = {}
-    for (key, n_pts, has_box, has_mask), members in jobs.items():
-        preds = predictor.predict_batch(
-            embedding_of(key),
-            points=[m[1] for m in members] if n_pts else None,
-            labels=[m[2] for m in members] if n_pts else None,
-            boxes=[m[3] for m in members] if has_box else None,
-            masks=[m[4] for m in members] if has_mask else None,
-            multimask=multimask,
-        )
-        for m, pred in zip(members, preds):
-            out[m[0]] = (key, pred)
-    return out
-
-
-def _paster(pred, window: tuple[int, int, int, int], shape: tuple[int, int]):
-    """Upscaler of a stitched prediction: tile masks pasted into slice-sized arrays on demand."""
-    r0, c0, r1, c1 = window
-
-    def paste(indices: list[int]) -> np.ndarray:
-        full = np.zeros((len(indices), *shape), dtype=bool)
-        for k, i in enumerate(indices):
-            full[k, r0:r1, c0:c1] = pred.mask(i)
-        return full
-
-    return paste
-
-
-def _add_job(jobs: dict, key, index: int, pts, lab, box, mask) -> None:
-    n_pts = 0 if pts is None else len(pts)
-    group = (key, n_pts, box is not None, mask is not None)
-    jobs.setdefault(group, []).append((index, pts, lab, box, mask))
-
-
-def predict_tiled(
-    predictor,
-    embedding: TiledEmbedding,
-    points: list | None,
-    labels: list | None,
-    boxes: list | None,
-    masks: list | None,
-    multimask: bool,
-) -> list:
-    """Predictions for B objects on a :class:`TiledEmbedding`, masks at the slice's size.
-
-    Each object is decoded on the tile that best contains its prompts (see
-    :meth:`TileGrid.route`; objects sharing a tile and a prompt kind are decoded
-    in one batch) and its masks are pasted into the slice. Every object is also
-    decoded on the overview (the whole slice resized), and the prediction with
-    the higher best predicted IoU is kept: the tile wins for objects that
-    shrink too much in the overview, the overview for objects too large for
-    the model at native resolution (measured with ``micro``: 512 px nuclei
-    8-30 px across 0.80 / 0.79 point IoU tile / both; objects 60-120 px across
-    0.37 / 0.84). When the prompts fit no tile, or the tile's best mask touches
-    an inner tile edge, only the overview's prediction is used. The returned
-    predictions' ``logits`` are in the frame of the embedding that produced
-    them; use slice-shaped masks as mask prompts on tiled embeddings.
-    """
-    from napari_sam.predictor import Prediction
-
-    (bsz,) = {len(x) for x in (points, boxes, masks) if x is not None}
-    shape = tuple(embedding.original_size)
-    grid = embedding.grid
-    prompts = []
-    for b in range(bsz):
-        pts = None if points is None else np.asarray(points[b], dtype=np.float64).reshape(-1, 2)
-        lab = None if labels is None or points is None else np.asarray(labels[b]).ravel()
-        box = None if boxes is None else np.asarray(boxes[b], dtype=np.float64).ravel()
-        mask = None if masks is None else _check_mask_prompt(embedding, masks[b])
-        prompts.append((pts, lab, box, mask))
-
-    tile_jobs: dict = {}
-    for b, (pts, lab, box, mask) in enumerate(prompts):
-        extent = prompt_extent(shape, pts, lab, box, mask)
-        if extent is None:
-            continue
-        index, margin = grid.route(extent)
-        shifted = _shift_prompts(grid.window(index), pts, lab, box, mask) if margin >= 0 else None
-        if shifted is not None:
-            _add_job(tile_jobs, index, b, *shifted)
-    results: dict = {}
-    for b, (index, pred) in _decode_groups(predictor, embedding.tile, tile_jobs, multimask).items():
-        if grid.touches_inner_edge(index, pred.best_mask):
-            continue  # the object may go on beyond the tile: the overview decides
-        results[b] = Prediction(
-            None, pred.scores, pred.logits, upscaler=_paster(pred, grid.window(index), shape)
-        )
-    overview_jobs: dict = {}
-    for b in range(bsz):
-        _add_job(overview_jobs, "overview", b, *prompts[b])
-    decoded = _decode_groups(predictor, lambda _: embedding.overview(), overview_jobs, multimask)
-    for b, (_, pred) in decoded.items():
-        tiled = results.get(b)
-        if tiled is None or float(np.max(pred.scores)) > float(np.max(tiled.scores)):
-            results[b] = pred
-    return [results[b] for b in range(bsz)]
-
-
-def embed_untiled(predictor, image: np.ndarray, contrast_limits=None):
-    """``predictor.embed(image)`` as one whole-slice embedding, never tiled.
-
-    For consumers that need one feature map per slice (the embedding store)
-    or tile on their own (everything mode's crops). Predictors without a
-    ``tiling`` option (stand-ins) are called as they are.
-    """
-    if hasattr(predictor, "plan_tiles"):
-        return predictor.embed(image, contrast_limits=contrast_limits, tiling="off")
-    return predictor.embed(image, contrast_limits=contrast_limits)
+__all__ = [
+    "DEFAULT_TILE_THRESHOLD",
+    "Decode",
+    "TileGrid",
+    "TiledEmbedding",
+    "plan_tiles",
+    "predict_tiled",
+    "prompt_extent",
+    "tile_starts",
+]

@@ -157,7 +157,7 @@ def adapt(
 
     with torch_threads(settings.threads):
         threads = torch.get_num_threads()
-        base_name = str(getattr(predictor, "model_name", None) or "model")
+        base_name = str(predictor.model_name or "model")
         base_fp = model_fingerprint(predictor.model)
         report_progress(0, settings.steps)
         base_embed, base_store = _memo(_slice_embedder(predictor, data, embeddings))

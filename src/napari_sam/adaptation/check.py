@@ -136,8 +136,7 @@ def score(
 
 #: Largest fall of the click or the box IoU on the held-back objects that still counts
 #: as "not worse" when the mean of the two rises: about 3 boundary pixels of a 20 px
-#: nucleus (measured: 10 objects, the check's 2 nuclei at 0.89 click IoU moved by
-#: 0.015 while the other nuclei of the image went from 0.70 to 0.88).
+#: nucleus (measured in docs/api.md, "Learning from labels").
 CHECK_TOLERANCE = 0.02
 
 

@@ -49,7 +49,8 @@ def slice_normalization(sl: SliceData) -> tuple[np.ndarray, tuple[float, float] 
 
     image = np.asarray(sl.image)
     if sl.contrast_limits is not None:
-        return image, tuple(sl.contrast_limits)
+        low, high = sl.contrast_limits
+        return image, (low, high)
     limits = default_range(image)
     if limits is None and image.ndim == 2:
         limits = intensity_range(image)

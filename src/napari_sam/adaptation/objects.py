@@ -263,6 +263,8 @@ def collect(
     seen_ids: set[int] = set()
     tiny: dict[tuple[int, int], int] = {}
     is_3d = False
+    lim: tuple[float, float] | None
+    planes: Sequence[int | None]
     for i, (image, lab) in enumerate(zip(image_list, label_list)):
         lab = lab if hasattr(lab, "dtype") else np.asarray(lab)
         ndim = _check_pair(image, lab, -1 if single else i)

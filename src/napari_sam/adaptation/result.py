@@ -234,7 +234,7 @@ class AdaptationResult:
                 errno.EROFS: "the disk is read-only",
                 errno.EACCES: "permission denied",
                 errno.EPERM: "permission denied",
-            }.get(err.errno, err.strerror or type(err).__name__)
+            }.get(err.errno or -1, err.strerror or type(err).__name__)
             raise SaveError(
                 err.errno,
                 f"could not save the adapted model to {path} ({why}). The adapted model is "

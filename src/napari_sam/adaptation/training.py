@@ -159,13 +159,15 @@ def check_adaptable(predictor) -> None:
     """Raise ValueError (what and how to fix) unless ``predictor`` runs a SAM model in torch."""
     import torch
 
-    model = getattr(predictor, "model", None)
+    from napari_sam.predictor import Predictor
+
+    model = predictor.model if isinstance(predictor, Predictor) else None
     missing = [
         part
         for part in ("image_encoder", "prompt_encoder", "mask_decoder")
         if not isinstance(getattr(model, part, None), torch.nn.Module)
     ]
-    if missing or not hasattr(predictor, "plan_tiles"):
+    if model is None or missing:
         raise ValueError(
             f"cannot adapt a {type(predictor).__name__}: adaptation needs a "
             "napari_sam.Predictor running a SAM model in torch (its image encoder, prompt "
@@ -174,7 +176,7 @@ def check_adaptable(predictor) -> None:
         )
     if not hasattr(model.mask_decoder, "predict_all"):
         raise ValueError(
-            f"the mask decoder of {getattr(predictor, 'model_name', 'this model')!r} "
+            f"the mask decoder of {predictor.model_name!r} "
             f"({type(model.mask_decoder).__name__}) cannot be trained here; use a SAM "
             "checkpoint loaded by napari_sam"
         )

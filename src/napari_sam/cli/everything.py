@@ -14,7 +14,9 @@ import numpy as np
 
 
 def register(sub) -> None:
+    from napari_sam import options
     from napari_sam.cli._common import add_model_options
+    from napari_sam.everything._params import EverythingStackParams
 
     p = sub.add_parser(
         "everything",
@@ -24,49 +26,8 @@ def register(sub) -> None:
     p.add_argument("image", help="2D image or (Z, Y, X) stack: .tif, .zarr or .npy")
     p.add_argument("--out", required=True, help="output labels .tif (overwritten)")
     add_model_options(p)
-    p.add_argument("--points-per-side", type=int, default=32, help="prompt grid per side [32]")
-    p.add_argument("--points-per-batch", type=int, default=64, help="prompts per decoder call [64]")
-    p.add_argument(
-        "--pred-iou-thresh",
-        type=float,
-        default=None,
-        help="min predicted IoU [the model's recommendation: micro 0.6; others 0.8]",
-    )
-    p.add_argument(
-        "--stability-thresh",
-        type=float,
-        default=None,
-        help="min stability score [the model's recommendation: micro 0.85; others 0.9]",
-    )
-    p.add_argument(
-        "--box-nms-thresh",
-        type=float,
-        default=None,
-        help="candidates overlapping a better one with IoU above this are duplicates "
-        "[the model's recommendation: micro 0.5; others 0.7]",
-    )
-    p.add_argument(
-        "--containment-thresh",
-        type=_containment,
-        default="auto",
-        help="drop a mask when this fraction of it lies inside a larger, better-scored "
-        "mask (an object's sub-parts); 'none' keeps nested masks "
-        "[auto: the model's recommendation: micro 0.5; others 0.8]",
-    )
-    p.add_argument(
-        "--min-area", type=int, default=16, help="smallest object / largest hole in px [16]"
-    )
-    p.add_argument("--max-area", type=int, default=None, help="largest object in px [none]")
-    p.add_argument(
-        "--crop-layers", type=int, default=0, help="zoomed-in crop layers for small objects [0]"
-    )
-    p.add_argument(
-        "--tiling",
-        choices=("auto", "off"),
-        default="auto",
-        help="auto: slices larger than the model input are also segmented tile by tile "
-        "at native resolution (small objects); off: only resized to the model input [auto]",
-    )
+    # every option of everything mode, from the fields of EverythingStackParams
+    options.add_arguments(p, EverythingStackParams)
     p.add_argument(
         "--contrast-limits",
         type=float,
@@ -77,15 +38,6 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--slice", type=int, default=None, metavar="Z", help="segment only slice Z of a stack"
-    )
-    p.add_argument(
-        "--min-z-extent",
-        type=int,
-        default=2,
-        help="stacks: smallest number of slices an object spans [2]",
-    )
-    p.add_argument(
-        "--link-iou", type=float, default=0.3, help="stacks: min IoU to link slices [0.3]"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -118,32 +70,12 @@ def _smallest_dtype(labels: np.ndarray) -> np.ndarray:
     return labels.astype(dtype, copy=False)
 
 
-def _containment(value: str) -> float | str | None:
-    """``--containment-thresh`` value: a number, 'none' or 'auto'."""
-    word = value.strip().lower()
-    if word in ("none", "auto"):
-        return None if word == "none" else "auto"
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number, 'none' or 'auto', got {value!r}"
-        ) from None
+def _params(args: argparse.Namespace, *, stack: bool = False) -> dict:
+    """The options of everything mode given on the command line (their fields' names)."""
+    from napari_sam.everything._params import EverythingParams, EverythingStackParams
+    from napari_sam.options import from_args
 
-
-def _params(args: argparse.Namespace) -> dict:
-    return {
-        "points_per_side": args.points_per_side,
-        "points_per_batch": args.points_per_batch,
-        "pred_iou_thresh": args.pred_iou_thresh,
-        "stability_score_thresh": args.stability_thresh,
-        "box_nms_thresh": args.box_nms_thresh,
-        "containment_thresh": args.containment_thresh,
-        "min_area": args.min_area,
-        "max_area": args.max_area,
-        "crop_layers": args.crop_layers,
-        "tiling": args.tiling,
-    }
+    return from_args(EverythingStackParams if stack else EverythingParams, args)
 
 
 def run(args) -> int:
@@ -154,10 +86,10 @@ def run(args) -> int:
         progress_printer,
     )
     from napari_sam.everything import segment_everything, segment_everything_stack
-    from napari_sam.everything._params import EverythingParams
+    from napari_sam.everything._params import EverythingStackParams
     from napari_sam.io import read_image, write_labels_tiff
 
-    EverythingParams(**_params(args))  # fail on bad options before loading anything
+    EverythingStackParams(**_params(args, stack=True))  # fail on bad options before loading
     check_output_file(args.out)  # before computing: the result would be lost
     check_device_option(args.device)
     image = read_image(args.image)
@@ -177,9 +109,7 @@ def run(args) -> int:
             predictor=predictor,
             contrast_limits=limits,
             progress=progress,
-            min_z_extent=args.min_z_extent,
-            link_iou=args.link_iou,
-            **_params(args),
+            **_params(args, stack=True),
         )
         labels = result.labels
         n = len(result.objects)

@@ -21,15 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam.propagation.params import parse_axis, parse_z_range  # noqa: F401 (CLI types)
+
 
 def register(sub) -> None:
+    from napari_sam import options
     from napari_sam.cli._common import add_model_options
-    from napari_sam.propagation import (
-        DEFAULT_IOU_THRESHOLD,
-        DEFAULT_PROMPT_MODE,
-        DEFAULT_SCORE_THRESHOLD,
-        DIRECTIONS,
-    )
+    from napari_sam.propagation import PropagationParams
 
     p = sub.add_parser(
         "propagate",
@@ -44,75 +42,18 @@ def register(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output labels .tif (overwritten)")
     add_model_options(p)
-    p.add_argument(
-        "--prompt-mode",
-        default=None,
-        help="box, points, mask, neg joined with '+' [the model's recommendation: "
-        f"box+mask+neg for micro; else {DEFAULT_PROMPT_MODE}]",
-    )
-    p.add_argument("--direction", choices=DIRECTIONS, default="both", help="[both]")
-    p.add_argument(
-        "--axis",
-        type=parse_axis,
-        default=None,
-        metavar="t|z|INDEX",
-        help="axis to propagate along: t (the first axis: time in T,Y,X or T,Z,Y,X), z (the "
-        "axis before Y) or its index [the first axis of a Z,Y,X stack]",
-    )
-    p.add_argument(
-        "--z-range",
-        type=parse_z_range,
-        default=None,
-        metavar="A:B",
-        help="only slices A <= z < B (Python slice; A or B may be empty)",
-    )
-    p.add_argument(
-        "--iou-threshold",
-        type=float,
-        default=DEFAULT_IOU_THRESHOLD,
-        help=f"stop when IoU with the previous slice is lower [{DEFAULT_IOU_THRESHOLD}]",
-    )
-    p.add_argument(
-        "--score-threshold",
-        type=float,
-        default=DEFAULT_SCORE_THRESHOLD,
-        help=f"stop when the model's score is lower [{DEFAULT_SCORE_THRESHOLD}]",
-    )
-    p.add_argument(
-        "--fade-threshold",
-        type=float,
-        default=None,
-        help="stop when the object's contrast falls below this share of its seed's; 0: off "
-        "[the model's recommendation: 0.4 for micro; else 0]",
-    )
+    # every option of a propagation, from the fields of PropagationParams
+    options.add_arguments(p, PropagationParams)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def parse_z_range(text: str) -> tuple[int | None, int | None]:
-    """``"a:b"`` -> ``(a, b)``; either side may be empty (None)."""
-    parts = text.split(":")
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected A:B (e.g. 10:40), got {text!r}")
-    try:
-        return tuple(int(p) if p.strip() else None for p in parts)  # type: ignore[return-value]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected integers A:B (e.g. 10:40), got {text!r}"
-        ) from None
+def _options(args: argparse.Namespace, **given: Any) -> dict[str, Any]:
+    """The propagation options on the command line, with ``given`` (computed) ones."""
+    from napari_sam.options import from_args
+    from napari_sam.propagation import PropagationParams
 
-
-def parse_axis(text: str) -> str | int:
-    """``"t"``/``"z"`` (any case) or an integer axis index."""
-    name = text.strip().lower()
-    if name in ("t", "z"):
-        return name
-    try:
-        return int(name)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected t, z or an axis index (e.g. 0), got {text!r}"
-        ) from None
+    return {**from_args(PropagationParams, args), **given}
 
 
 def seeds_along_axis(
@@ -190,17 +131,9 @@ def run_along_axis(args, stack: Any) -> int:
         seeds,
         predictor,
         out=labels,
-        axis=axis,
-        position=position,
         progress=None if args.quiet else progress_printer("propagate"),
-        prompt_mode=args.prompt_mode,
-        direction=args.direction,
-        z_range=args.z_range,
-        iou_threshold=args.iou_threshold,
-        score_threshold=args.score_threshold,
-        fade_threshold=args.fade_threshold,
-        contrast_limits=limits,
-        embeddings=embeddings,
+        **_options(args, axis=axis, position=position, contrast_limits=limits,
+                   embeddings=embeddings),
     )
     write_labels_tiff(args.out, labels)
     print_summary(result, labels)
@@ -335,14 +268,7 @@ def run(args) -> int:
         predictor,
         out=labels,
         progress=progress,
-        prompt_mode=args.prompt_mode,
-        direction=args.direction,
-        z_range=args.z_range,
-        iou_threshold=args.iou_threshold,
-        score_threshold=args.score_threshold,
-        fade_threshold=args.fade_threshold,
-        contrast_limits=limits,
-        embeddings=embeddings,
+        **_options(args, contrast_limits=limits, embeddings=embeddings),
     )
     write_labels_tiff(args.out, labels)
     print_summary(result, labels)

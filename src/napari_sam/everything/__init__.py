@@ -4,6 +4,8 @@
 * :func:`segment_everything_stack`: every slice of a ``(Z, Y, X)`` stack in 2D, then
   objects linked across neighbouring slices -> ``(Z, Y, X)`` uint32 labels.
 
+Their options are the fields of :class:`EverythingParams` and
+:class:`EverythingStackParams`, declared once (:mod:`napari_sam.options`).
 Both raise :class:`Cancelled` when their ``cancel`` event/callable is set. See
 ``docs/everything.md`` for the algorithm, its parameters and benchmarks.
 Compute-only: no Qt or napari imports.
@@ -16,6 +18,7 @@ from napari_sam.everything._params import (
     Cancelled,
     EverythingParams,
     EverythingResult,
+    EverythingStackParams,
     ObjectRecord,
 )
 from napari_sam.everything._stack import (
@@ -28,6 +31,7 @@ __all__ = [
     "Cancelled",
     "EverythingParams",
     "EverythingResult",
+    "EverythingStackParams",
     "EverythingStackResult",
     "ObjectRecord",
     "StackObjectRecord",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam.boxes import near_crop_edge
+from napari_sam.contract import BasePredictor, as_predictor
 from napari_sam.everything._decoding import Decoder, point_grid
 from napari_sam.everything._masks import CompactMask, clean_mask
 from napari_sam.everything._params import (
@@ -32,7 +33,8 @@ from napari_sam.everything._resolve import (
     mask_dedup,
     resolve_overlaps,
 )
-from napari_sam.tiling import embed_untiled
+from napari_sam.options import resolve
+from napari_sam.tiling import TiledEmbedding, TileGrid
 
 
 def resolve_contrast_limits(
@@ -140,7 +142,9 @@ class CropSpec:
 TILE_LAYER = -1
 
 
-def tile_points_per_side(points_per_side: int, box, shape: tuple[int, int]) -> int:
+def tile_points_per_side(
+    points_per_side: int, box: tuple[int, int, int, int], shape: tuple[int, int]
+) -> int:
     """Points per side of a tile's grid: the whole slice's point spacing, at most doubled.
 
     ``points_per_side`` points across the slice's longest side give a spacing
@@ -155,7 +159,9 @@ def tile_points_per_side(points_per_side: int, box, shape: tuple[int, int]) -> i
     return max(1, round(points_per_side * side / max(shape)), points_per_side // 2)
 
 
-def plan_crops(shape: tuple[int, int], params: EverythingParams, grid=None) -> list[CropSpec]:
+def plan_crops(
+    shape: tuple[int, int], params: EverythingParams, grid: TileGrid | None = None
+) -> list[CropSpec]:
     """The crops of one slice, from the least to the most zoomed-in.
 
     The whole slice first, then SAM's crop layers (:func:`crop_boxes`,
@@ -174,7 +180,8 @@ def plan_crops(shape: tuple[int, int], params: EverythingParams, grid=None) -> l
     ]
     if grid is not None:
         for i in range(len(grid)):
-            box = tuple(int(v) for v in grid.window(i))
+            r0, c0, r1, c1 = (int(v) for v in grid.window(i))
+            box = (r0, c0, r1, c1)
             n = tile_points_per_side(params.points_per_side, box, shape)
             crops.append(CropSpec(TILE_LAYER, box, n, i))
         rest = sorted(crops[1:], key=lambda c: -max(c.box[2] - c.box[0], c.box[3] - c.box[1]))
@@ -182,30 +189,22 @@ def plan_crops(shape: tuple[int, int], params: EverythingParams, grid=None) -> l
     return crops
 
 
-def _tile_grid(predictor, shape: tuple[int, int], params: EverythingParams, embedding):
+def _tile_grid(predictor: BasePredictor, shape: tuple[int, int], params: EverythingParams,
+               embedding: Any) -> Any:
     """The tile grid whose tiles become crops, or None (no tiles).
 
     With ``params.tiling == "auto"``: the grid of a given tiled embedding, else
     ``predictor.plan_tiles(shape)`` (None for slices that fit the model input,
-    for a predictor made with ``tiling="off"`` and for predictors without
-    ``plan_tiles``).
+    for a predictor made with ``tiling="off"`` and for predictors that do not tile).
     """
     if params.tiling == "off":
         return None
-    if _is_tiled(embedding):
+    if isinstance(embedding, TiledEmbedding):
         return embedding.grid
-    plan = getattr(predictor, "plan_tiles", None)
-    return None if plan is None else plan(tuple(int(v) for v in shape))
+    return predictor.plan_tiles((int(shape[0]), int(shape[1])))
 
 
-def _is_tiled(embedding) -> bool:
-    """Whether ``embedding`` is a :class:`~napari_sam.tiling.TiledEmbedding` (duck-typed)."""
-    return embedding is not None and all(
-        hasattr(embedding, a) for a in ("grid", "tile", "overview")
-    )
-
-
-def _crop_embedding(crop: CropSpec, embedding, grid):
+def _crop_embedding(crop: CropSpec, embedding: Any, grid: Any) -> Any:
     """The precomputed embedding usable for ``crop``, or None (embed the crop).
 
     A plain embedding serves the whole slice; a tiled one serves the whole
@@ -213,7 +212,7 @@ def _crop_embedding(crop: CropSpec, embedding, grid):
     """
     if embedding is None:
         return None
-    if not _is_tiled(embedding):
+    if not isinstance(embedding, TiledEmbedding):
         return embedding if crop.layer == 0 else None
     if crop.layer == 0:
         return embedding.overview()
@@ -223,7 +222,7 @@ def _crop_embedding(crop: CropSpec, embedding, grid):
 
 
 def _decode_crop(
-    predictor,
+    predictor: BasePredictor,
     image: np.ndarray,
     crop_index: int,
     crop: CropSpec,
@@ -234,7 +233,7 @@ def _decode_crop(
     stats: dict[str, int],
     timings: dict[str, float],
     step: Callable[[], None],
-    cancel,
+    cancel: Any,
 ) -> None:
     """Embed one crop, decode its point grid and add the kept masks to ``candidates``.
 
@@ -247,7 +246,7 @@ def _decode_crop(
     t0 = time.perf_counter()
     embedding = embedding_of()
     if embedding is None:
-        embedding = embed_untiled(predictor, image[r0:r1, c0:c1], limits)
+        embedding = predictor.embed_untiled(image[r0:r1, c0:c1], contrast_limits=limits)
     timings["embed"] += time.perf_counter() - t0
     step()
     points = point_grid(crop.points_per_side, (r1 - r0, c1 - c0))
@@ -288,17 +287,11 @@ def _new_stats() -> dict[str, int]:
     return dict.fromkeys((*keys, "after_mask_dedup", "after_containment", "objects", "crops"), 0)
 
 
-def make_predictor(model: str | os.PathLike, predictor):
-    """``predictor`` if given, else a :class:`~napari_sam.predictor.Predictor` for ``model``."""
+def make_predictor(model: str | os.PathLike, predictor: Any) -> BasePredictor:
+    """``predictor`` behind the contract (:func:`~napari_sam.contract.as_predictor`) if
+    given, else a :class:`~napari_sam.predictor.Predictor` for ``model``."""
     if predictor is not None:
-        if not hasattr(predictor, "embed") or not (
-            hasattr(predictor, "predict") or hasattr(predictor, "predict_batch")
-        ):
-            raise TypeError(
-                f"predictor must have embed() and predict()/predict_batch() (see "
-                f"napari_sam.predictor.PredictorProtocol), got {type(predictor).__name__}"
-            )
-        return predictor
+        return as_predictor(predictor)
     from napari_sam.predictor import Predictor
 
     return Predictor(model)
@@ -306,28 +299,15 @@ def make_predictor(model: str | os.PathLike, predictor):
 
 def segment_everything(
     image: np.ndarray,
+    predictor: Any = None,
     *,
+    params: EverythingParams | Mapping[str, Any] | None = None,
     model: str | os.PathLike = "micro",
-    predictor=None,
-    points_per_side: int = 32,
-    points_per_batch: int = 64,
-    pred_iou_thresh: float | None = None,
-    stability_score_thresh: float | None = None,
-    stability_offset: float = 1.0,
-    box_nms_thresh: float | None = None,
-    min_area: int = 16,
-    max_area: int | None = None,
-    min_visible_fraction: float = 0.2,
-    containment_thresh: float | str | None = "auto",
-    crop_layers: int = 0,
-    crop_overlap_ratio: float = 512 / 1500,
-    crop_points_downscale: int = 1,
     contrast_limits: tuple[float, float] | None = None,
-    embedding=None,
+    embedding: Any = None,
     progress: ProgressCallback | None = None,
-    cancel=None,
-    fast_decoder: bool = True,
-    tiling: str = "auto",
+    cancel: Any = None,
+    **options: Any,
 ) -> EverythingResult:
     """Segment every object of one 2D slice automatically (SAM's "everything" mode).
 
@@ -344,48 +324,11 @@ def segment_everything(
     Parameters
     ----------
     image : ``(H, W)`` or ``(H, W, C)`` with C <= 3, any numeric dtype
+    predictor : a :class:`~napari_sam.predictor.Predictor` (or any predictor,
+        see :mod:`napari_sam.contract`); reuse one to avoid reloading the model
+    params : :class:`EverythingParams` (or a mapping of its fields); default:
+        its defaults
     model : registry name or checkpoint path, used when ``predictor`` is None
-    predictor : a :class:`~napari_sam.predictor.Predictor` (or any object with
-        ``embed`` and ``predict``/``predict_batch``, see
-        :class:`~napari_sam.predictor.PredictorProtocol`); reuse one to avoid
-        reloading the model
-    points_per_side : grid size: ``points_per_side**2`` prompts on the whole
-        slice and on each crop of the crop layers; tiles get the whole slice's
-        point spacing (``max(H, W) / points_per_side`` pixels), i.e.
-        ``round(points_per_side * tile / max(H, W))`` points per side, but at
-        least ``points_per_side // 2`` (objects keep their size in pixels in
-        native-resolution tiles, however large the slice)
-    points_per_batch : prompts decoded per decoder call (memory vs. speed)
-    pred_iou_thresh : keep candidates whose predicted IoU is ``>`` this; None: the
-        model's recommendation from the registry (``micro``: 0.6, its IoU head
-        scores most nuclei below 0.8), else SAM's 0.8
-    stability_score_thresh : keep candidates whose stability score is ``>=`` this;
-        None: the model's recommendation (``micro``: 0.85, its soft mask edges
-        give small nuclei lower scores), else 0.9
-    stability_offset : logit offset of the stability score (IoU of the masks
-        ``logits > +offset`` and ``logits > -offset``)
-    box_nms_thresh : boxes (and masks) overlapping a better candidate with IoU
-        ``>`` this are duplicates; None: the model's recommendation (``micro``:
-        0.5), else SAM's 0.7
-    min_area : smallest object in pixels; also the largest hole that is filled
-        and the largest island that is removed from a mask
-    max_area : largest object in pixels (None: no limit)
-    min_visible_fraction : an object covered by smaller objects so that less
-        than this fraction of its mask stays visible is dropped
-    containment_thresh : a mask of which at least this fraction lies inside a
-        larger kept mask with a better score (predicted IoU, then stability) is
-        a part of that object (SAM's sub-part candidates) and is dropped; a
-        nested mask scoring at least as well as its container stays (and keeps
-        its pixels); None keeps nested masks (each pixel then goes to the
-        smallest mask covering it); ``"auto"``: the model's recommendation
-        (``micro``: 0.5), else 0.8
-    crop_layers : 0 = whole image only; ``n`` adds zoomed-in crops in layers
-        ``1..n`` (``4**i`` crops in layer ``i``), each embedded separately, to
-        find small objects
-    crop_overlap_ratio : overlap of neighbouring crops, as a fraction of the
-        crop size of layer 1
-    crop_points_downscale : points per side in layer ``i`` are
-        ``points_per_side // crop_points_downscale**i``
     contrast_limits : ``(low, high)`` mapped to 0..255 for the whole slice and all
         crops (default: ``(0, 255)`` for uint8, else robust percentiles of the slice)
     embedding : a precomputed embedding of the whole slice (made with the same
@@ -396,15 +339,9 @@ def segment_everything(
         each batch (``total`` counts them over all crops, tiles included)
     cancel : a ``threading.Event`` or a callable returning True to stop; checked
         before each crop's embedding and each batch
-    fast_decoder : use the exact restructured decoder of
-        :mod:`napari_sam.everything._decoder` when the predictor is this
-        package's :class:`~napari_sam.predictor.Predictor` (False: ``predict_batch``)
-    tiling : ``"auto"``: when the predictor tiles the slice
-        (``predictor.plan_tiles(shape)`` returns a grid, e.g. a 512 x 512 slice
-        and the bundled 256 px ``micro`` model), its tiles are added as crops,
-        each embedded at native resolution, besides the whole slice resized (which
-        finds objects larger than a tile); ``"off"``: no tiles (the whole slice,
-        and crop layers, resized to the model input)
+    **options : fields of :class:`EverythingParams` (``points_per_side``,
+        ``pred_iou_thresh``, ``min_area``, ``tiling``, ...; each documented
+        there), applied over ``params``
 
     Returns
     -------
@@ -414,37 +351,30 @@ def segment_everything(
 
     Raises
     ------
+    TypeError
+        An option that :class:`EverythingParams` does not have (the message
+        lists the valid ones); a predictor without ``embed``/``predict``.
+    ValueError
+        An option out of range.
     Cancelled
         When ``cancel`` was set; nothing is returned.
 
     Notes
     -----
     An empty or constant slice (nothing visible within the contrast limits)
-    returns no objects without running the model.
+    returns no objects without running the model. With ``tiling="auto"`` and
+    a predictor that tiles the slice (``predictor.plan_tiles(shape)``, e.g. a
+    512 x 512 slice and the bundled 256 px ``micro`` model), its tiles are
+    added as crops, each embedded at native resolution, besides the whole
+    slice resized (which finds objects larger than a tile).
     """
     from napari_sam.normalize import validate_slice
 
-    params = EverythingParams(
-        points_per_side=points_per_side,
-        points_per_batch=points_per_batch,
-        pred_iou_thresh=pred_iou_thresh,
-        stability_score_thresh=stability_score_thresh,
-        stability_offset=stability_offset,
-        box_nms_thresh=box_nms_thresh,
-        min_area=min_area,
-        max_area=max_area,
-        min_visible_fraction=min_visible_fraction,
-        containment_thresh=containment_thresh,
-        crop_layers=crop_layers,
-        crop_overlap_ratio=crop_overlap_ratio,
-        crop_points_downscale=crop_points_downscale,
-        fast_decoder=fast_decoder,
-        tiling=tiling,
-    )
+    resolved = resolve(EverythingParams, params, options, caller="segment_everything")
     return run_everything(
         image if isinstance(image, np.ndarray) else np.asarray(image),
         make_predictor(model, predictor),
-        params,
+        resolved,
         contrast_limits=contrast_limits,
         embedding=embedding,
         progress=progress,
@@ -455,13 +385,13 @@ def segment_everything(
 
 def run_everything(
     image: np.ndarray,
-    predictor,
+    predictor: Any,
     params: EverythingParams,
     *,
-    contrast_limits=None,
-    embedding=None,
+    contrast_limits: tuple[float, float] | None = None,
+    embedding: Any = None,
     progress: ProgressCallback | None = None,
-    cancel=None,
+    cancel: Any = None,
     validate: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> EverythingResult:
     """:func:`segment_everything` with validated parameters and a ready predictor."""
@@ -469,7 +399,8 @@ def run_everything(
         image = validate(image)
     shape = image.shape[:2]
     stats = _new_stats()
-    params = params.for_model(getattr(predictor, "model_name", None))
+    predictor = as_predictor(predictor)
+    params = params.for_model(predictor.model_name)
     check_cancel(cancel)
     limits = resolve_contrast_limits(image, contrast_limits)
     if is_flat(image, limits):
@@ -509,9 +440,12 @@ def run_everything(
     check_cancel(cancel)
     cands = box_nms(cands, params, len(crops))
     stats["after_nms"] = len(cands)
-    cands = mask_dedup(cands, params.box_nms_thresh)
+    cands = mask_dedup(cands, params.resolved("box_nms_thresh"))
     stats["after_mask_dedup"] = len(cands)
-    cands = drop_contained_parts(cands, params.containment_thresh)
+    contained = params.containment_thresh  # None: the rule is off
+    cands = drop_contained_parts(
+        cands, None if contained is None else params.resolved("containment_thresh")
+    )
     stats["after_containment"] = len(cands)
     index, _ = resolve_overlaps(
         cands.masks,

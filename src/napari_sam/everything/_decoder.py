@@ -25,10 +25,10 @@ from napari_sam.model.prepared_decoder import (
 Stage1 = DecoderOutput
 
 
-def supports_fast_decoder(predictor: Any) -> bool:
-    """True for predictors wrapping this package's :class:`~napari_sam.model.sam.Sam`."""
-    model = getattr(predictor, "model", None)
-    if model is None or not hasattr(predictor, "upscale"):
+def supports_fast_decoder(model: Any) -> bool:
+    """True for this package's :class:`~napari_sam.model.sam.Sam` with SAM's decoder
+    (3 multimask outputs); used by :meth:`napari_sam.predictor.Predictor.point_decoder`."""
+    if model is None:
         return False
     dec = getattr(model, "mask_decoder", None)
     return (
@@ -57,7 +57,7 @@ class PointDecoder(PreparedDecoder):
             _, dense = model.prompt_encoder(None, None, None)
         super().__init__(model.mask_decoder, features, pe, dense)
 
-    def transformer(self, coords, labels, tokens_per_chunk: int = 1024) -> Stage1:
+    def decode_points(self, coords: Any, labels: Any, tokens_per_chunk: int = 1024) -> Stage1:
         """Run the prompt encoder, the two-way transformer and the IoU head.
 
         Parameters

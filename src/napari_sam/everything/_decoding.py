@@ -1,21 +1,22 @@
 """Decoding a batch of grid points into filtered candidate masks.
 
-Three paths, chosen by what the predictor offers: the exact fast decoder of
-:mod:`._decoder` (this package's :class:`~napari_sam.predictor.Predictor`),
-``predict_batch(..., upscale=False)`` plus ``upscale`` (low-res filtering), or
-``predict_batch``/``predict`` returning full-resolution masks.
+Three paths, chosen by what the predictor's contract
+(:class:`~napari_sam.contract.BasePredictor`) says: its exact fast decoder
+(``point_decoder``, this package's :class:`~napari_sam.predictor.Predictor`:
+:mod:`._decoder`), ``predict_batch(..., upscale=False)`` plus ``upscale``
+(``lowres_decoding``: filtering on the low-res logits), or ``predict_batch``
+returning masks at the slice's size.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from napari_sam.contract import BasePredictor
 from napari_sam.everything._params import EverythingParams
 
 #: Image-token values per call of the fast decoder (8 MiB of float32): its
@@ -25,7 +26,7 @@ FAST_VALUES_PER_CALL = 1 << 21
 
 #: Bounds on the prompts per call of the fast decoder: SAM gets the lower one
 #: (8); a small decoder gets more, which saves per-call overhead (the bundled
-#: model, 1024 x 64 tokens: 32, decoding 18 % faster than with 8).
+#: model gets 32; measured in docs/everything.md, "Compact storage").
 FAST_PROMPTS_PER_CALL = (8, 32)
 
 
@@ -58,19 +59,6 @@ def _stability_np(logits: np.ndarray, offset: float, threshold: float) -> np.nda
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
-def _lowres_valid(predictor, embedding, low_shape: tuple[int, int]) -> tuple[int, int]:
-    """Rows/cols of the low-res logits that show the slice (the rest is padding)."""
-    h, w = low_shape
-    size = getattr(predictor, "image_size", None)
-    inp = getattr(embedding, "input_size", None)
-    if size is None or inp is None:
-        return h, w
-    return (
-        min(h, math.ceil(inp[0] * h / size)),
-        min(w, math.ceil(inp[1] * w / size)),
-    )
-
-
 @dataclass
 class Kept:
     """Candidates of one batch that passed the IoU and stability filters."""
@@ -85,42 +73,18 @@ class Kept:
 class Decoder:
     """Decode a batch of single positive points and filter their 3 candidates each."""
 
-    def __init__(self, predictor, embedding, params: EverythingParams) -> None:
+    def __init__(self, predictor: BasePredictor, embedding: Any, params: EverythingParams
+                 ) -> None:
         self.predictor = predictor
         self.embedding = embedding
         self.params = params
-        model = getattr(predictor, "model", None)
-        self.threshold = float(getattr(model, "mask_threshold", 0.0))
-        self.mode = self._choose_mode()
-        self.region = None  # RegionUpscaler, False when unavailable, None: not tried yet
-        self.fast = None
-        if self.mode == "fast":
-            from napari_sam.everything._decoder import PointDecoder
-
-            self.fast = PointDecoder(model, embedding.features)
-
-    def _choose_mode(self) -> str:
-        from napari_sam.everything._decoder import supports_fast_decoder
-
-        p = self.predictor
-        if (
-            self.params.fast_decoder
-            and supports_fast_decoder(p)
-            and hasattr(self.embedding, "features")
-            and hasattr(self.embedding, "to_model_frame")
-        ):
-            return "fast"
-        batch = getattr(p, "predict_batch", None)
-        if batch is None:
-            return "single"
-        try:
-            params = inspect.signature(batch).parameters
-        except (TypeError, ValueError):
-            params = {}
-        takes_upscale = "upscale" in params or any(
-            v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values()
-        )
-        return "lowres" if takes_upscale and hasattr(p, "upscale") else "batch"
+        self.threshold = float(predictor.mask_threshold)
+        self.region: Any = None  # RegionUpscaler, False when unavailable, None: not tried yet
+        self.fast = predictor.point_decoder(embedding) if params.fast_decoder else None
+        if self.fast is not None:
+            self.mode = "fast"
+        else:
+            self.mode = "lowres" if predictor.lowres_decoding else "batch"
 
     # -- the three ways of getting logits and scores
     def __call__(self, points: np.ndarray) -> Kept:
@@ -133,6 +97,7 @@ class Decoder:
 
         p = self.params
         dec = self.fast
+        assert dec is not None  # mode "fast"
         emb = self.embedding
         device = dec.src.device
         coords = torch.as_tensor(
@@ -140,7 +105,7 @@ class Decoder:
         )
         labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=device)
         low = 4 * dec.grid[0], 4 * dec.grid[1]
-        vh, vw = _lowres_valid(self.predictor, emb, low)
+        vh, vw = self.predictor.lowres_extent(emb, low)
         valid = None
         if (vh, vw) != low:
             spatial = torch.zeros(low, dtype=torch.bool, device=device)
@@ -150,8 +115,8 @@ class Decoder:
         with torch.inference_mode():
             step = fast_prompts_per_call(*dec.src.shape)
             for s in range(0, len(points), step):
-                stage = dec.transformer(coords[s : s + step], labels[s : s + step])
-                passing = stage.iou > p.pred_iou_thresh
+                stage = dec.decode_points(coords[s : s + step], labels[s : s + step])
+                passing = stage.iou > p.resolved("pred_iou_thresh")
                 index = torch.nonzero(passing.any(dim=1)).ravel()
                 if index.numel() == 0:
                     continue
@@ -160,7 +125,8 @@ class Decoder:
                 inter = (vals > self.threshold + p.stability_offset).sum(-1)
                 union = (vals > self.threshold - p.stability_offset).sum(-1)
                 stab = torch.where(union > 0, inter / union.clamp(min=1), 0.0)
-                keep = passing[index] & (stab >= p.stability_score_thresh) & (union > 0)
+                stable = stab >= p.resolved("stability_score_thresh")
+                keep = passing[index] & stable & (union > 0)
                 if keep.any():
                     logits.append(raw[keep])
                     ious.append(stage.iou[index][keep])
@@ -182,21 +148,20 @@ class Decoder:
         b = len(points)
         pts = points[:, None, :]
         ones = np.ones((b, 1), dtype=np.int64)
-        if self.mode == "lowres":
-            preds = pred.predict_batch(emb, points=pts, labels=ones, multimask=True, upscale=False)
-        elif self.mode == "batch":
-            preds = pred.predict_batch(emb, points=pts, labels=ones, multimask=True)
-        else:
-            preds = [pred.predict(emb, points=pts[i], labels=ones[i]) for i in range(b)]
+        lowres = self.mode == "lowres"
+        preds = pred.predict_batch(
+            emb, points=pts, labels=ones, multimask=True, upscale=not lowres
+        )
         scores = np.concatenate([np.asarray(x.scores, dtype=np.float64).ravel() for x in preds])
         logits = np.concatenate([np.asarray(x.logits, dtype=np.float32) for x in preds])
-        vh, vw = _lowres_valid(pred, emb, logits.shape[-2:])
+        vh, vw = pred.lowres_extent(emb, logits.shape[-2:])
         stab = _stability_np(logits[..., :vh, :vw], float(p.stability_offset), self.threshold)
         union = np.count_nonzero(
             logits[..., :vh, :vw].reshape(len(logits), -1) > self.threshold - p.stability_offset,
             axis=1,
         )
-        keep = (scores > p.pred_iou_thresh) & (stab >= p.stability_score_thresh) & (union > 0)
+        keep = (scores > p.resolved("pred_iou_thresh")) & (union > 0)
+        keep &= stab >= p.resolved("stability_score_thresh")
         if not keep.any():
             return Kept(None, None, np.zeros(0), np.zeros(0), len(scores))
         if self.mode == "lowres":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+
+from napari_sam.options import documented, option
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -80,25 +83,94 @@ MODEL_DEFAULTS = {
 }
 
 
+def parse_containment(value: str) -> float | str | None:
+    """``--containment-thresh`` on the command line: a number, ``none`` or ``auto``."""
+    word = value.strip().lower()
+    if word in ("none", "auto"):
+        return None if word == "none" else "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number, 'none' or 'auto', got {value!r}"
+        ) from None
+
+
+@documented
 @dataclass(frozen=True)
 class EverythingParams:
-    """Validated parameters of everything mode (see :func:`segment_everything`)."""
+    """The options of everything mode on a slice, declared once.
 
-    points_per_side: int = 32
-    points_per_batch: int = 64
-    pred_iou_thresh: float | None = None
-    stability_score_thresh: float | None = None
-    stability_offset: float = 1.0
-    box_nms_thresh: float | None = None
-    min_area: int = 16
-    max_area: int | None = None
-    min_visible_fraction: float = 0.2
-    containment_thresh: float | str | None = "auto"
-    crop_layers: int = 0
-    crop_overlap_ratio: float = 512 / 1500
-    crop_points_downscale: int = 1
-    fast_decoder: bool = True
-    tiling: str = "auto"
+    :func:`~napari_sam.everything.segment_everything` takes them as keyword
+    arguments (or ``params=``), ``napari-sam everything`` as flags and an
+    options panel through :func:`napari_sam.options.widget_spec`; each
+    field's help is in its declaration (listed below). ``pred_iou_thresh``,
+    ``stability_score_thresh``, ``box_nms_thresh`` (None) and
+    ``containment_thresh`` (``"auto"``) are left to the model: the
+    registry's recommendation (:meth:`for_model`), else SAM's values
+    (:data:`MODEL_DEFAULTS`). Values are checked when the object is made.
+    """
+
+    points_per_side: int = option(
+        32, help="prompt grid per side: points_per_side**2 prompts on the whole slice and "
+        "each crop; tiles get the slice's point spacing, at least points_per_side // 2"
+    )
+    points_per_batch: int = option(64, help="prompts per decoder call (memory vs. speed)")
+    pred_iou_thresh: float | None = option(
+        None, help="keep candidates whose predicted IoU is above this",
+        shown_default="the model's recommendation: micro 0.6; others 0.8",
+    )
+    stability_score_thresh: float | None = option(
+        None, flag="--stability-thresh",
+        help="keep candidates whose stability score is at least this",
+        shown_default="the model's recommendation: micro 0.85; others 0.9",
+    )
+    stability_offset: float = option(
+        1.0, help="logit offset of the stability score (IoU of the masks logits > +offset "
+        "and logits > -offset)"
+    )
+    box_nms_thresh: float | None = option(
+        None, help="candidates overlapping a better one with IoU above this are duplicates",
+        shown_default="the model's recommendation: micro 0.5; others 0.7",
+    )
+    min_area: int = option(
+        16, help="smallest object in pixels; also the largest hole filled and the largest "
+        "island removed from a mask"
+    )
+    max_area: int | None = option(
+        None, help="largest object in pixels (none: no limit)",
+        widget=False,  # None (no limit) has no spin-box value; a panel needs a checkbox
+    )
+    min_visible_fraction: float = option(
+        0.2, help="drop an object when less than this fraction of its mask stays visible "
+        "under smaller objects"
+    )
+    containment_thresh: float | str | None = option(
+        "auto", parse=parse_containment,
+        help="drop a mask when this fraction of it lies inside a larger, better-scored mask "
+        "(an object's sub-parts); 'none' keeps nested masks",
+        shown_default="auto: the model's recommendation: micro 0.5; others 0.8",
+    )
+    crop_layers: int = option(
+        0, help="zoomed-in crop layers for small objects (4**i crops in layer i, each "
+        "embedded)"
+    )
+    crop_overlap_ratio: float = option(
+        512 / 1500, help="overlap of neighbouring crops, as a fraction of layer 1's crop size",
+        widget=False,  # SAM's constant; a spin box would round it
+    )
+    crop_points_downscale: int = option(
+        1, help="points per side in crop layer i: points_per_side // downscale**i"
+    )
+    fast_decoder: bool = option(
+        True, help="use the predictor's exact fast decoder of single points when it has one",
+        widget=False,
+    )
+    tiling: str = option(
+        "auto", choices=TILING_MODES,
+        help="auto: slices larger than the model input are also segmented tile by tile at "
+        "native resolution (small objects); off: only resized to the model input",
+    )
 
     def __post_init__(self) -> None:
         def positive_int(name: str) -> None:
@@ -165,9 +237,54 @@ class EverythingParams:
         from napari_sam.model.registry import recommended_everything
 
         recommended = recommended_everything(model_name)
-        return replace(
-            self, **{name: float(recommended.get(name, MODEL_DEFAULTS[name])) for name in unset}
-        )
+        values: dict[str, Any] = {
+            name: float(recommended.get(name, MODEL_DEFAULTS[name])) for name in unset
+        }
+        return replace(self, **values)
+
+    def resolved(self, name: str) -> float:
+        """The value of an option left to the model, once :meth:`for_model` filled it in.
+
+        Raises
+        ------
+        ValueError
+            It is still left to the model (None or ``"auto"``).
+        """
+        value = getattr(self, name)
+        if value is None or isinstance(value, str):
+            raise ValueError(
+                f"{name}={value!r} is left to the model; call for_model(model_name) first"
+            )
+        return float(value)
+
+
+@documented
+@dataclass(frozen=True)
+class EverythingStackParams(EverythingParams):
+    """:class:`EverythingParams` and how objects are linked through z, for
+    :func:`~napari_sam.everything.segment_everything_stack`."""
+
+    min_z_extent: int = option(
+        2, help="stacks: smallest number of slices an object spans (gaps included)"
+    )
+    link_iou: float = option(
+        0.3, help="stacks: smallest IoU between an object's masks on linked slices"
+    )
+    max_gap: int = option(
+        1, help="stacks: most consecutive slices without the object that are bridged (0: none)"
+    )
+    fill_gaps: bool = option(
+        True, help="stacks: fill a bridged gap with the overlap of the masks on both sides"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < float(self.link_iou) <= 1.0:
+            raise ValueError(f"link_iou must be in (0, 1], got {self.link_iou!r}")
+        if int(self.min_z_extent) < 1:
+            raise ValueError(f"min_z_extent must be >= 1 slice, got {self.min_z_extent!r}")
+        if int(self.max_gap) < 0:
+            raise ValueError(f"max_gap must be >= 0 slices, got {self.max_gap!r}")
 
 
 def check_cancel(cancel: Any) -> None:

@@ -54,14 +54,15 @@ def box_nms(cands: Candidates, params: EverythingParams, n_crops: int) -> Candid
     rank_score = np.empty(len(order))
     rank_score[order] = -np.arange(len(order), dtype=np.float64)
     crops = np.asarray(cands.crop)
-    keep = batched_nms(boxes, rank_score, crops, params.box_nms_thresh)
+    thresh = params.resolved("box_nms_thresh")
+    keep = batched_nms(boxes, rank_score, crops, thresh)
     if n_crops > 1 and len(keep):
         # across crops prefer masks from the more zoomed-in (later) crops, as SAM does
         sub = keep
         cross = np.lexsort((-stab[sub], -iou[sub], -crops[sub]))
         cross_score = np.empty(len(sub))
         cross_score[cross] = -np.arange(len(sub), dtype=np.float64)
-        keep = sub[nms(boxes[sub], cross_score, params.box_nms_thresh)]
+        keep = sub[nms(boxes[sub], cross_score, thresh)]
         keep = keep[np.argsort(-rank_score[keep], kind="stable")]
     return cands.subset(keep)
 

@@ -13,8 +13,14 @@ from typing import Any
 import numpy as np
 
 from napari_sam.everything._core import make_predictor, run_everything
-from napari_sam.everything._params import EverythingParams, ProgressCallback, check_cancel
+from napari_sam.everything._params import (
+    EverythingParams,
+    EverythingStackParams,
+    ProgressCallback,
+    check_cancel,
+)
 from napari_sam.normalize import stack_contrast_limits
+from napari_sam.options import resolve
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,7 @@ class _Tracks:
         return len(self.first) - 1
 
 
-def _restrict(labels: np.ndarray, ids) -> np.ndarray:
+def _restrict(labels: np.ndarray, ids: Any) -> np.ndarray:
     """``labels`` with every id not in ``ids`` set to 0."""
     keep = np.zeros(int(labels.max()) + 1, dtype=bool)
     ids = np.asarray(list(ids), dtype=np.int64)
@@ -162,7 +168,7 @@ def _link_slice(
     tracks: _Tracks,
     out: np.ndarray,
     z: int,
-    records,
+    records: Sequence[Any],
     link_iou: float,
     max_gap: int,
 ) -> None:
@@ -274,7 +280,7 @@ def _records(tracks: _Tracks, labels: np.ndarray, kept: np.ndarray) -> list[Stac
 # ----------------------------------------------------------------------------- API
 
 
-def _embedding_for(embeddings: Any, z: int):
+def _embedding_for(embeddings: Any, z: int) -> Any:
     """The precomputed embedding of slice ``z`` or None (compute it)."""
     if embeddings is None:
         return None
@@ -313,18 +319,15 @@ def _check_stack(stack: Any) -> tuple[int, ...]:
 
 def segment_everything_stack(
     stack: Any,
+    predictor: Any = None,
     *,
+    params: EverythingParams | Mapping[str, Any] | None = None,
     model: str | os.PathLike = "micro",
-    predictor=None,
     contrast_limits: tuple[float, float] | None = None,
     embeddings: Any = None,
     progress: ProgressCallback | None = None,
-    cancel=None,
-    min_z_extent: int = 2,
-    link_iou: float = 0.3,
-    max_gap: int = 1,
-    fill_gaps: bool = True,
-    **kwargs2d: Any,
+    cancel: Any = None,
+    **options: Any,
 ) -> EverythingStackResult:
     """Segment every object of a stack: everything mode on each slice, then linking in z.
 
@@ -340,8 +343,10 @@ def segment_everything_stack(
     Parameters
     ----------
     stack : ``(Z, Y, X)`` (or ``(Z, Y, X, C)``, C <= 3) numpy, dask or zarr array
-    model : registry name or checkpoint path, used when ``predictor`` is None
     predictor : a :class:`~napari_sam.predictor.Predictor` or stand-in
+    params : :class:`EverythingStackParams` (or :class:`EverythingParams`, or a
+        mapping of fields); default: its defaults
+    model : registry name or checkpoint path, used when ``predictor`` is None
     contrast_limits : ``(low, high)`` for every slice; default ``(0, 255)`` for
         uint8, else :func:`napari_sam.normalize.stack_intensity_range` (computed once)
     embeddings : precomputed slice embeddings: a mapping ``z -> embedding`` (used
@@ -350,12 +355,9 @@ def segment_everything_stack(
         ``bound(...)`` view, which computes and saves missing slices)
     progress : ``callback(done, total)`` after each slice (``total`` = Z)
     cancel : ``threading.Event`` or callable; checked between slices and batches
-    min_z_extent : smallest number of slices an object must span (gaps included)
-    link_iou : smallest IoU between an object's masks on linked slices
-    max_gap : largest number of consecutive missing slices bridged (0: none)
-    fill_gaps : fill a bridged gap with the overlap of the masks on both sides
-        (background pixels only)
-    **kwargs2d : parameters of :func:`segment_everything` (``points_per_side``,
+    **options : fields of :class:`EverythingStackParams`: the linking
+        (``min_z_extent``, ``link_iou``, ``max_gap``, ``fill_gaps``) and every
+        option of :func:`segment_everything` (``points_per_side``,
         ``pred_iou_thresh``, ``min_area``, ...)
 
     Returns
@@ -364,20 +366,16 @@ def segment_everything_stack(
 
     Raises
     ------
+    TypeError, ValueError
+        An unknown option (the valid ones are listed) or one out of range.
     Cancelled
         When ``cancel`` was set; nothing is returned.
     """
     shape = _check_stack(stack)
-    if not 0.0 < float(link_iou) <= 1.0:
-        raise ValueError(f"link_iou must be in (0, 1], got {link_iou!r}")
-    if int(min_z_extent) < 1:
-        raise ValueError(f"min_z_extent must be >= 1 slice, got {min_z_extent!r}")
-    if int(max_gap) < 0:
-        raise ValueError(f"max_gap must be >= 0 slices, got {max_gap!r}")
-    for bad in ("image", "embedding", "contrast_limits"):
-        if bad in kwargs2d:
+    for bad in ("image", "embedding"):
+        if bad in options:
             raise TypeError(f"{bad!r} is not a parameter of segment_everything_stack")
-    params = EverythingParams(**kwargs2d)
+    resolved = resolve(EverythingStackParams, params, options, caller="segment_everything_stack")
     predictor = make_predictor(model, predictor)
     check_cancel(cancel)
     limits = stack_contrast_limits(stack, contrast_limits)
@@ -393,18 +391,18 @@ def segment_everything_stack(
         res = run_everything(
             image,
             predictor,
-            params,
+            resolved,
             contrast_limits=limits,
             embedding=_embedding_for(embeddings, z),
             cancel=cancel,
         )
         out[z] = res.labels
         per_slice.append(len(res.objects))
-        _link_slice(tracks, out, z, res.objects, float(link_iou), int(max_gap))
+        _link_slice(tracks, out, z, res.objects, float(resolved.link_iou), int(resolved.max_gap))
         if progress is not None:
             progress(z + 1, nz)
-    if fill_gaps:
+    if resolved.fill_gaps:
         _fill_gaps(tracks, out)
-    _, kept = _relabel(tracks, out, int(min_z_extent))
+    _, kept = _relabel(tracks, out, int(resolved.min_z_extent))
     objects = _records(tracks, out, kept)
     return EverythingStackResult(out, objects, limits, per_slice)

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam.contract import BasePredictor
+
 
 def _axis_matrix(n: int, model_size: int, keep: int, out: int):
     """``(out, n)`` matrix of the two bilinear steps along one axis (torch, float32)."""
@@ -55,14 +57,21 @@ class RegionUpscaler:
 
     @classmethod
     def for_predictor(
-        cls, predictor: Any, embedding: Any, low_shape: tuple[int, int], threshold: float
+        cls,
+        predictor: BasePredictor,
+        embedding: Any,
+        low_shape: tuple[int, int],
+        threshold: float,
     ) -> RegionUpscaler | None:
-        """The upscaler matching ``predictor.upscale``, or None when it cannot be built."""
-        size = getattr(predictor, "image_size", None)
-        inp = getattr(embedding, "input_size", None)
-        orig = getattr(embedding, "original_size", None)
-        if size is None or inp is None or orig is None or not hasattr(predictor, "upscale"):
+        """The upscaler matching ``predictor.upscale``, or None when it cannot be built
+        (a predictor without a model input size, an embedding other than
+        :class:`~napari_sam.predictor.Embedding`)."""
+        from napari_sam.predictor import Embedding
+
+        size = predictor.image_size
+        if size is None or not isinstance(embedding, Embedding):
             return None
+        inp, orig = embedding.input_size, embedding.original_size
         import torch
 
         h, w = low_shape

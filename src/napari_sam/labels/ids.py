@@ -170,9 +170,9 @@ def resolve_label_ids(label_id: Any, n_objects: int, labels: Any) -> list[int]:
     if label_id is None:
         first = next_label_id(labels)
         return list(range(first, first + n_objects))
-    ids = [label_id] if np.isscalar(label_id) else list(label_id)
+    given = [label_id] if np.isscalar(label_id) else list(label_id)
     try:
-        ids = [as_int(i, "label_id") for i in ids]  # 2.5 or "3" refused, never truncated
+        ids = [as_int(i, "label_id") for i in given]  # 2.5 or "3" refused, never truncated
     except TypeError:
         raise ValueError(
             f"label_id must be an int or a sequence of ints, got {label_id!r}"

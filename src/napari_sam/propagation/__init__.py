@@ -1,7 +1,8 @@
 """Propagation of object masks through the slices of a stack (Qt- and torch-free).
 
 The public entry points are :func:`propagate` (also ``napari_sam.propagate``) and
-:func:`propagate_iter`; see
+:func:`propagate_iter`; their options are the fields of :class:`PropagationParams`
+(declared once, :mod:`napari_sam.options`); see
 ``docs/propagation.md`` for the algorithm, stop rules and benchmark.
 """
 
@@ -9,14 +10,15 @@ from __future__ import annotations
 
 from napari_sam.normalize import stack_contrast_limits
 from napari_sam.propagation.api import propagate, propagate_iter
-from napari_sam.propagation.engine import (
+from napari_sam.propagation.inputs import DIRECTIONS, SINGLE_OBJECT_ID
+from napari_sam.propagation.params import (
     DEFAULT_IOU_THRESHOLD,
     DEFAULT_MAX_GROWTH,
     DEFAULT_MIN_AREA,
     DEFAULT_PROMPT_MODE,
     DEFAULT_SCORE_THRESHOLD,
+    PropagationParams,
 )
-from napari_sam.propagation.inputs import DIRECTIONS, SINGLE_OBJECT_ID
 from napari_sam.propagation.prompts import BENCHMARK_MODES, PROMPT_PARTS, parse_prompt_mode
 from napari_sam.propagation.records import (
     ACCEPTED,
@@ -41,6 +43,7 @@ __all__ = [
     "SINGLE_OBJECT_ID",
     "STATUSES",
     "ObjectSummary",
+    "PropagationParams",
     "PropagationResult",
     "SliceRecord",
     "SliceUpdate",

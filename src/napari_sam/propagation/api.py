@@ -8,14 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam.propagation.engine import (
-    DEFAULT_IOU_THRESHOLD,
-    DEFAULT_MAX_GROWTH,
-    DEFAULT_MIN_AREA,
-    DEFAULT_SCORE_THRESHOLD,
-    Engine,
-    cancel_requested,
-)
+from napari_sam.propagation.engine import Engine, cancel_requested
+from napari_sam.propagation.params import PropagationParams
 from napari_sam.propagation.records import PropagationResult, SliceRecord, SliceUpdate
 
 
@@ -23,23 +17,8 @@ def propagate_iter(
     stack: Any,
     seeds: Any,
     predictor: Any,
-    *,
-    prompt_mode: str | None = None,
-    direction: str = "both",
-    z_range: Any = None,
-    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-    stop_markers: Any = None,
-    contrast_limits: tuple[float, float] | None = None,
-    embeddings: Any = None,
-    min_area: int = DEFAULT_MIN_AREA,
-    max_growth: float = DEFAULT_MAX_GROWTH,
-    box_margin: float = 0.1,
-    n_points: int = 3,
-    fade_threshold: float | None = None,
-    axis: Any = None,
-    position: Any = None,
-    motion: bool | None = None,
+    params: PropagationParams | Mapping[str, Any] | None = None,
+    **options: Any,
 ) -> Iterator[SliceUpdate]:
     """Propagate keyframe masks through a stack, yielding one update per processed slice.
 
@@ -62,77 +41,19 @@ def propagate_iter(
         ``{object_id: {z: mask}}`` for several (object ids >= 1 are the label
         ids). An object may have several keyframes; a keyframe may also be a
         list of ``(z, mask)`` pairs.
-    predictor : PredictorProtocol
-        :class:`napari_sam.predictor.Predictor` or a stand-in with ``embed``
-        and ``predict`` (``predict_batch`` is used when present).
-    prompt_mode : str
-        How the mask on slice z prompts slice z ± 1: ``"box"``, ``"points"``,
-        ``"mask"``, ``"neg"`` (negative points outside the mask) joined with
-        ``+``; default (None): the model's recommendation in the registry
-        (``"box+mask+neg"`` for the bundled ``micro``), else ``"box+mask"``
-        (see docs/propagation.md).
-    direction : {"both", "up", "down"}
-        ``"up"`` propagates towards higher z, ``"down"`` towards lower z; gaps
-        between keyframes are filled from both ends with ``"both"``, else from
-        the end the direction allows.
-    z_range : (start, stop) or slice, optional
-        Only slices ``start <= z < stop`` (Python slice rules; None = stack end).
-    iou_threshold : float
-        Stop ("changed") when the IoU with the previous slice's mask is lower.
-    score_threshold : float
-        Stop ("low_score") when the model's predicted IoU is lower.
-    stop_markers : dict, optional
-        ``{object_id or None: iterable of z}``: slices the object must not
-        reach (None: every object); a direction stops there ("stop_marker").
-    contrast_limits : (float, float), optional
-        Intensity range for every slice's embedding; default: ``(0, 255)``
-        for uint8, else :func:`napari_sam.normalize.stack_intensity_range`,
-        computed once.
-    embeddings : mapping or callable, optional
-        ``embeddings[z]`` or ``embeddings(z)`` -> the predictor's embedding of
-        slice z (e.g. the annotator's cache); a ``KeyError`` or None falls
-        back to ``predictor.embed``.
-    min_area : int
-        Stop ("vanished") when the mask has fewer pixels.
-    max_growth : float
-        Stop ("changed") when the mask's area exceeds this multiple of the
-        previous slice's (masks that leak and diffuse towards the stack ends).
-    box_margin : float
-        Box prompts: bounding box grown by this fraction of its larger side
-        (at least 2 px).
-    n_points : int
-        Positive points per prompt in the ``points`` modes.
-    fade_threshold : float
-        Stop ("faded") when the object's contrast (mean intensity in the mask
-        minus the median of a 3-pixel ring around it) falls below this share
-        of its contrast on the keyframe: out-of-focus light past the end of a
-        nucleus (see :mod:`napari_sam.propagation.fade`). 0 turns it off.
-        Default (None): the model's recommendation in the registry (0.4 for
-        the bundled ``micro``), else 0 (off).
-    axis : int or {"t", "z"}, optional
-        The axis to propagate along: any non-displayed (leading) axis of the
-        stack, as an index or a name: ``"t"`` the first leading axis, ``"z"``
-        the one before Y (on a stack with one leading axis both name it).
-        Objects keep their id along it, so ``axis="t"`` tracks objects
-        through a time-lapse; a track ends by the stop rules (an exit or a
-        division usually as ``"changed"`` or ``"vanished"``; there is no
-        lineage). Default: the stack's first axis of a ``(Z, Y, X[, C])`` stack.
-    position : sequence of int, optional
-        The displayed slice's index along every leading axis (e.g. napari's
-        ``dims.current_step[:n]``); the entry along ``axis`` is ignored.
-        Required when the stack has more than one leading axis.
-    motion : bool, optional
-        Follow moving objects: each step's prompt (and the mask it is judged
-        against) is the previous mask shifted by the object's last motion
-        (the shift of its centre between its last two masks, kept while it
-        touches the slice's edge). Default: on along a time axis, off in z.
+    predictor : :class:`napari_sam.predictor.Predictor` or any predictor
+        (:mod:`napari_sam.contract`; an object with ``embed`` and ``predict``
+        is enough)
+    params : :class:`~napari_sam.propagation.PropagationParams` or a mapping
+        of its fields; default: its defaults
+    **options : fields of :class:`~napari_sam.propagation.PropagationParams`,
+        applied over ``params``, each documented there: ``prompt_mode``,
+        ``direction``, ``z_range``, ``iou_threshold``, ``score_threshold``,
+        ``min_area``, ``max_growth``, ``box_margin``, ``n_points``,
+        ``fade_threshold``, ``motion``, ``axis``, ``position``,
+        ``stop_markers``, ``contrast_limits``, ``embeddings``
 
-    Along a time axis (``axis="t"``, or an index of a stack with several
-    leading axes other than the one before Y) the defaults of
-    ``prompt_mode`` and ``fade_threshold`` are ``"box+points+mask"`` and 0
-    (off) instead of the model's recommendation for z
-    (:data:`~napari_sam.propagation.engine.TRACKING_DEFAULTS`, measured in
-    docs/propagation.md, "Tracking through time").
+    Yields
     ------
     SliceUpdate
         First one per keyframe slice (status ``"seed"``), then one per
@@ -142,30 +63,10 @@ def propagate_iter(
     Raises
     ------
     ValueError, TypeError
-        Bad input (messages name the value and the fix).
+        Bad input (messages name the value and the fix); an unknown option
+        (the message lists the valid ones).
     """
-    engine = Engine.create(
-        stack,
-        seeds,
-        predictor,
-        prompt_mode=prompt_mode,
-        direction=direction,
-        z_range=z_range,
-        iou_threshold=iou_threshold,
-        score_threshold=score_threshold,
-        stop_markers=stop_markers,
-        contrast_limits=contrast_limits,
-        embeddings=embeddings,
-        min_area=min_area,
-        max_growth=max_growth,
-        box_margin=box_margin,
-        n_points=n_points,
-        fade_threshold=fade_threshold,
-        axis=axis,
-        position=position,
-        motion=motion,
-    )
-    return _run(engine)
+    return _run(Engine.create(stack, seeds, predictor, params, **options))
 
 
 def _run(engine: Engine) -> Iterator[SliceUpdate]:
@@ -258,6 +159,7 @@ def propagate(
     label_id: Any = None,
     progress: Callable[[int, int], Any] | None = None,
     cancel: Any = None,
+    params: PropagationParams | Mapping[str, Any] | None = None,
     **options: Any,
 ) -> PropagationResult:
     """Propagate keyframe masks through a stack and return the 3D result.
@@ -282,8 +184,9 @@ def propagate(
     cancel : threading.Event or zero-argument callable, optional
         Checked before every slice; when set, the run stops, what was written
         stays, and each unfinished direction gets a ``"cancelled"`` record.
-    **options
-        Keyword options of :func:`~napari_sam.propagation.propagate_iter`.
+    params, **options
+        The options (:class:`~napari_sam.propagation.PropagationParams`), as for
+        :func:`~napari_sam.propagation.propagate_iter`.
 
     Returns
     -------
@@ -300,7 +203,7 @@ def propagate(
     """
     from napari_sam.labels import write_object
 
-    engine = Engine.create(stack, seeds, predictor, **options)
+    engine = Engine.create(stack, seeds, predictor, params, **options)
     ids = _label_ids(engine, out, label_id)
     full = False
     if out is not None:

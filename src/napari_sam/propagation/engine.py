@@ -5,11 +5,13 @@ object's accepted mask on the last slice it reached, builds a prompt for the
 next slice from it, and stops by the rules documented in
 ``docs/propagation.md``. Fronts of all objects that wait on the same slice are
 decoded against one embedding of that slice (in one ``predict_batch`` call
-per prompt shape when the predictor has it); embeddings a later front will
-need again are kept in a small cache, so each slice is normally embedded once.
+per prompt shape, :meth:`~napari_sam.contract.BasePredictor.predict_objects`);
+embeddings a later front will need again are kept in a small cache, so each
+slice is normally embedded once.
 
-Torch-, Qt- and napari-free: the predictor is anything with the
-:class:`napari_sam.predictor.PredictorProtocol` methods.
+Torch-, Qt- and napari-free: the predictor is used through the contract
+(:class:`napari_sam.contract.BasePredictor`; any
+:class:`~napari_sam.contract.PredictorProtocol` object is lifted to it).
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from __future__ import annotations
 import itertools
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from napari_sam.model.registry import recommended_propagation
+from napari_sam.contract import BasePredictor, as_predictor
 from napari_sam.normalize import stack_contrast_limits
+from napari_sam.options import resolve
 from napari_sam.propagation.fade import faded, intensity_plane, object_contrast
 from napari_sam.propagation.inputs import (
     DIRECTIONS,
@@ -36,6 +40,16 @@ from napari_sam.propagation.inputs import (
     normalize_z_range,
 )
 from napari_sam.propagation.masks import iou, keep_connected, nested, shift_mask, step_motion
+
+# the defaults live with the options (params.py); also importable from here
+from napari_sam.propagation.params import DEFAULT_FADE_THRESHOLD as DEFAULT_FADE_THRESHOLD
+from napari_sam.propagation.params import DEFAULT_IOU_THRESHOLD as DEFAULT_IOU_THRESHOLD
+from napari_sam.propagation.params import DEFAULT_MAX_GROWTH as DEFAULT_MAX_GROWTH
+from napari_sam.propagation.params import DEFAULT_MIN_AREA as DEFAULT_MIN_AREA
+from napari_sam.propagation.params import DEFAULT_PROMPT_MODE as DEFAULT_PROMPT_MODE
+from napari_sam.propagation.params import DEFAULT_SCORE_THRESHOLD as DEFAULT_SCORE_THRESHOLD
+from napari_sam.propagation.params import TRACKING_DEFAULTS as TRACKING_DEFAULTS
+from napari_sam.propagation.params import PropagationParams
 from napari_sam.propagation.prompts import (
     Prompt,
     PromptSettings,
@@ -45,23 +59,6 @@ from napari_sam.propagation.prompts import (
 )
 from napari_sam.propagation.records import SliceRecord, SliceUpdate
 
-#: Default prompt mode (see the benchmark table in docs/propagation.md).
-DEFAULT_PROMPT_MODE = "box+mask"
-#: Default lowest IoU between an object's masks on neighbouring slices.
-DEFAULT_IOU_THRESHOLD = 0.4
-#: Default lowest predicted IoU (model score) of an accepted mask.
-DEFAULT_SCORE_THRESHOLD = 0.5
-#: Default smallest accepted mask, in pixels ("vanished" below).
-DEFAULT_MIN_AREA = 8
-#: Default largest area ratio between a mask and the one it was propagated from.
-DEFAULT_MAX_GROWTH = 2.0
-#: Default of the "faded" rule (off); models that run past object ends recommend one
-#: in the registry (:attr:`napari_sam.model.registry.ModelInfo.propagation`).
-DEFAULT_FADE_THRESHOLD = 0.0
-#: Defaults along a time axis (``axis="t"``), instead of the model's z recommendation:
-#: an object moves between frames, so negative points just outside its last mask
-#: land on it, and a point on its interior keeps it (docs/propagation.md, "Tracking").
-TRACKING_DEFAULTS = {"prompt_mode": "box+points+mask", "fade_threshold": 0.0}
 #: Most embeddings kept for fronts that will reach the same slice later.
 MAX_CACHED_EMBEDDINGS = 32
 
@@ -140,7 +137,7 @@ class Engine:
 
     stack: Any
     info: StackInfo
-    predictor: Any
+    predictor: BasePredictor
     options: Options
     seeds: dict[int, dict[int, np.ndarray]]
     single: bool
@@ -163,36 +160,29 @@ class Engine:
         stack: Any,
         seeds: Any,
         predictor: Any,
-        *,
-        prompt_mode: str | None = None,
-        direction: str = "both",
-        z_range: Any = None,
-        iou_threshold: float = DEFAULT_IOU_THRESHOLD,
-        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-        stop_markers: Any = None,
-        contrast_limits: tuple[float, float] | None = None,
-        embeddings: Any = None,
-        min_area: int = DEFAULT_MIN_AREA,
-        max_growth: float = DEFAULT_MAX_GROWTH,
-        box_margin: float = 0.1,
-        n_points: int = 3,
-        fade_threshold: float | None = None,
-        axis: Any = None,
-        position: Any = None,
-        motion: bool | None = None,
+        params: PropagationParams | Mapping[str, Any] | None = None,
+        **overrides: Any,
     ) -> Engine:
-        source = stack if axis is not None or position is not None else None
-        stack = stack if source is None else along_axis(source, axis, position)
+        """A run on ``stack`` from ``seeds``: every input checked, fronts planned.
+
+        ``params`` and ``overrides`` are the options (:class:`PropagationParams`).
+        """
+        p = resolve(PropagationParams, params, overrides, caller="propagate")
+        source = stack if p.axis is not None or p.position is not None else None
+        stack = stack if source is None else along_axis(source, p.axis, p.position)
         info = check_stack(stack)
         tracking = source is not None and stack.time
-        recommended = recommended_propagation(getattr(predictor, "model_name", None))
-        recommended = TRACKING_DEFAULTS if tracking else recommended
-        motion = tracking if motion is None else bool(motion)
-        if prompt_mode is None:
-            prompt_mode = recommended.get("prompt_mode", DEFAULT_PROMPT_MODE)
-        if fade_threshold is None:
-            fade_threshold = recommended.get("fade_threshold", DEFAULT_FADE_THRESHOLD)
-        parts = parse_prompt_mode(prompt_mode)
+        predictor = as_predictor(predictor, need_embed=p.embeddings is None)
+        # the options left to the model (or to a time axis) filled in
+        p = p.for_model(predictor.model_name, tracking=bool(tracking))
+        direction, iou_threshold, score_threshold = p.direction, p.iou_threshold, p.score_threshold
+        min_area, max_growth, box_margin, n_points = (
+            p.min_area, p.max_growth, p.box_margin, p.n_points
+        )
+        fade_threshold, motion, embeddings = p.fade_threshold, bool(p.motion), p.embeddings
+        contrast_limits = p.contrast_limits
+        assert p.prompt_mode is not None  # for_model filled it in
+        parts = parse_prompt_mode(p.prompt_mode)
         if direction not in DIRECTIONS:
             raise ValueError(
                 f"direction must be one of {', '.join(map(repr, DIRECTIONS))} ('up' = towards "
@@ -208,16 +198,6 @@ class Engine:
             raise ValueError(f"box_margin must be a number >= 0, got {box_margin!r}")
         if not isinstance(n_points, int) or n_points < 1:
             raise ValueError(f"n_points must be an integer >= 1, got {n_points!r}")
-        if not callable(getattr(predictor, "predict", None)):
-            raise TypeError(
-                f"predictor {type(predictor).__name__} has no predict method; pass a "
-                "napari_sam.predictor.Predictor or an object with embed/predict"
-            )
-        if embeddings is None and not callable(getattr(predictor, "embed", None)):
-            raise TypeError(
-                f"predictor {type(predictor).__name__} has no embed method and no "
-                "embeddings were given"
-            )
         if embeddings is not None and not (
             hasattr(embeddings, "__getitem__") or callable(embeddings)
         ):
@@ -233,7 +213,7 @@ class Engine:
                     f"{contrast_limits!r}"
                 )
             contrast_limits = (low, high)
-        z_first, z_last = normalize_z_range(z_range, info.n_slices)
+        z_first, z_last = normalize_z_range(p.z_range, info.n_slices)
         objects, single = normalize_seeds(seeds, info)
         for oid, frames in objects.items():
             outside = [z for z in frames if not z_first <= z <= z_last]
@@ -242,7 +222,7 @@ class Engine:
                     f"object {oid} has seeds on z={outside}, outside z_range (slices "
                     f"{z_first}..{z_last}); widen z_range or drop those seeds"
                 )
-        markers = normalize_stop_markers(stop_markers, objects, info)
+        markers = normalize_stop_markers(p.stop_markers, objects, info)
         for oid, zs in markers.items():
             clash = sorted(zs & set(objects[oid]))
             if clash:
@@ -337,7 +317,7 @@ class Engine:
 
     def remaining_estimate(self) -> int:
         """Upper bound of the slices (updates) still to come."""
-        zs = set()
+        zs: set[int] = set()
         for f in self.alive():
             zs.update(f.remaining())
         return len(zs) + len(self.pending_seed_updates)
@@ -424,7 +404,7 @@ class Engine:
     def cancel_records(self) -> list[SliceRecord]:
         """Mark every unfinished direction as cancelled; one record per object and slice."""
         self._retire_finished()
-        records = {}
+        records: dict[tuple[int, int], SliceRecord] = {}
         for f in self.alive():
             key = (f.object_id, f.next_z)
             records.setdefault(key, SliceRecord(f.next_z, f.object_id, _NAN, _NAN, 0, "cancelled"))
@@ -464,45 +444,16 @@ class Engine:
             items.append(_Item(group, prompt, prev))
         if items:
             emb = self.embedding(z)
-            predictions = self._decode(emb, [it.prompt for it in items])
+            prompts = [it.prompt for it in items]
+            predictions = self.predictor.predict_objects(
+                emb, prompts, multimask=[p.multimask for p in prompts]
+            )
             for item, pred in zip(items, predictions):
                 record, mask = self._judge(z, item, pred)
                 records[item.object_id] = record
                 if mask is not None:
                     masks[item.object_id] = mask
         return SliceUpdate(z, masks, records)
-
-    def _decode(self, emb: Any, prompts: list[Prompt]) -> list[Any]:
-        results: list[Any] = [None] * len(prompts)
-        batch = getattr(self.predictor, "predict_batch", None)
-        groups: dict[tuple, list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault((*p.signature, p.multimask), []).append(i)
-        for (n_points, has_box, has_mask, multimask), idx in groups.items():
-            if callable(batch) and len(idx) > 1:
-                chosen = [prompts[i] for i in idx]
-                preds = batch(
-                    emb,
-                    points=np.stack([p.points for p in chosen]) if n_points else None,
-                    labels=np.stack([p.labels for p in chosen]) if n_points else None,
-                    boxes=np.stack([p.box for p in chosen]) if has_box else None,
-                    masks=[p.mask for p in chosen] if has_mask else None,
-                    multimask=multimask,
-                )
-                for i, pred in zip(idx, preds):
-                    results[i] = pred
-            else:
-                for i in idx:
-                    p = prompts[i]
-                    results[i] = self.predictor.predict(
-                        emb,
-                        points=p.points,
-                        labels=p.labels,
-                        box=p.box,
-                        mask=p.mask,
-                        multimask=multimask,
-                    )
-        return results
 
     def _judge(self, z: int, item: _Item, pred: Any) -> tuple[SliceRecord, np.ndarray | None]:
         opts = self.options
@@ -520,13 +471,14 @@ class Engine:
         if len(item.prev_masks) > 1:
             union = union | item.prev_masks[1]
         margin = margin_for(union, opts.prompts)
-        best = None
+        best: tuple[tuple[float, float], np.ndarray, float] | None = None
         for k in range(len(candidates)):
             mask = keep_connected(candidates[k], union, margin)
             overlap = max(iou(mask, p) for p in item.prev_masks)
             key = (overlap, scores[k])
             if best is None or key > best[0]:
                 best = (key, mask, float(scores[k]))
+        assert best is not None  # at least one candidate
         (overlap, _), mask, score = best
         area = int(np.count_nonzero(mask))
         prev_area = max(int(np.count_nonzero(p)) for p in item.prev_masks)

@@ -375,7 +375,7 @@ def normalize_stop_markers(
     """``{object_id or None: iterable of z}`` (or a plain iterable of z for every
     object) -> ``{object_id: frozenset of z}`` for the given objects."""
     ids = list(object_ids)
-    result = {oid: set() for oid in ids}
+    result: dict[int, set[int]] = {oid: set() for oid in ids}
     if stop_markers is None:
         return {oid: frozenset() for oid in ids}
     if isinstance(stop_markers, Mapping):

@@ -27,9 +27,7 @@ The rules
   samples is kept (the earliest on ties). Why not points spread along the
   whole stroke: every positive point widens a SAM mask, and the bundled
   ``micro`` model (trained with one click plus correction clicks) then
-  overshoots the object: 8 points spread along a stroke across a nucleus
-  gave mean IoU 0.74 against 0.89 from a centre click, and 0.35 against 0.72
-  on generated cells (docs/api.md, "Scribbles").
+  overshoots the object (measured in docs/api.md, "Scribbles and lassos").
 * **Closed strokes** on the object (a ``polygon`` shape, a path whose ends
   meet: gap at most :data:`CLOSE_FRACTION` of its length around a
   non-degenerate area, or a painted loop) are *lassos*: their filled area

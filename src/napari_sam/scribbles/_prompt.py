@@ -105,9 +105,11 @@ class ScribblePrompt:
         """
         from napari_sam.masks import keep_prompted_parts
 
-        pts = self.points if points is None else np.asarray(points, np.float64).reshape(-1, 2)
+        pts: np.ndarray | None = (
+            self.points if points is None else np.asarray(points, np.float64).reshape(-1, 2)
+        )
         lab = self.labels if points is None else labels
-        if not len(pts):
+        if pts is not None and not len(pts):
             pts = lab = None
         return keep_prompted_parts(mask, pts, lab, self.box)
 

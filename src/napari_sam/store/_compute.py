@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_sam.contract import as_predictor
 from napari_sam.signature import read_slice, slice_digest
 from napari_sam.store._integrity import (
     DamagedSliceError,
@@ -32,7 +33,7 @@ from napari_sam.store._metadata import (
     predictor_identity,
     tiling_of_grid,
 )
-from napari_sam.tiling import TiledEmbedding, embed_untiled
+from napari_sam.tiling import TiledEmbedding
 
 if TYPE_CHECKING:
     from napari_sam.store._zarr import EmbeddingStore
@@ -237,7 +238,7 @@ class StoreComputing:
         if verify:
             self.check_predictor(predictor)
         flag = self._flag(idx)
-        device = getattr(predictor, "device", None)
+        device = as_predictor(predictor, need_predict=False).device
         digest = slice_digest(image) if (verify or flag == 0) else None
         if flag != 0:
             if verify and flag != NO_DIGEST and flag != done_value(digest):
@@ -280,7 +281,8 @@ class StoreComputing:
         """
         m = self.metadata
         if m.tiling is None:
-            return embed_untiled(predictor, image, m.contrast_limits)
+            whole = as_predictor(predictor, need_predict=False)
+            return whole.embed_untiled(image, contrast_limits=m.contrast_limits)
         emb = predictor.embed(image, contrast_limits=m.contrast_limits)
         found = tiling_of_grid(emb.grid) if isinstance(emb, TiledEmbedding) else None
         if found != m.tiling:
@@ -297,8 +299,10 @@ class StoreComputing:
         """``emb`` with its features rounded through the storage dtype (as a read returns)."""
         import dataclasses
 
-        features = getattr(emb, "features", None)
-        if not dataclasses.is_dataclass(emb) or not hasattr(features, "to"):
+        features: Any = getattr(emb, "features", None)
+        if not dataclasses.is_dataclass(emb) or isinstance(emb, type) or not hasattr(
+            features, "to"
+        ):
             return emb
         if self.metadata.dtype == "float16":
             import torch

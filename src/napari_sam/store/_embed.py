@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from napari_sam.contract import as_predictor
 from napari_sam.signature import image_signature, read_slice, slice_digest, slice_indices
 from napari_sam.store._integrity import DamagedSliceError
 from napari_sam.store._metadata import (
@@ -20,7 +21,7 @@ from napari_sam.store._metadata import (
     tiling_of_grid,
 )
 from napari_sam.store._zarr import EmbeddingStore, done_value
-from napari_sam.tiling import TiledEmbedding, embed_untiled
+from napari_sam.tiling import TiledEmbedding
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(slices_done, slices_total)``."""
@@ -114,7 +115,8 @@ def describe_stack(
         index = next(slice_indices(shape, slice_axes))
         image = read_slice(stack, index)
         if fields["tiling"] is None:
-            emb = embed_untiled(predictor, image, contrast_limits)
+            lifted = as_predictor(predictor, need_predict=False)
+            emb = lifted.embed_untiled(image, contrast_limits=contrast_limits)
             whole = emb
         else:
             emb = predictor.embed(image, contrast_limits=contrast_limits)
@@ -211,7 +213,7 @@ def iter_embed(
     indices: list[tuple[int, ...]] | None = None,
     max_slices: int | None = None,
     on_damage: Any = "warn",
-) -> Iterator[SliceEvent]:
+) -> Generator[SliceEvent, None, None]:
     """Embed the missing slices of ``stack`` into ``store``, yielding after each slice.
 
     A generator: stop iterating to cancel; what is stored stays stored. One

@@ -110,8 +110,8 @@ def embedding_of_chunk(
     if grid is None:
         return Embedding(
             features=features[None],
-            original_size=tuple(m.original_size),
-            input_size=tuple(m.input_size),
+            original_size=_pair(m.original_size),
+            input_size=_pair(m.input_size),
             contrast_limits=limits,
             metadata={**info, **where},
         )
@@ -123,7 +123,7 @@ def embedding_of_chunk(
             Embedding(features[i : i + 1], (h, w), resized_shape(h, w, grid.tile), limits, info)
         )
     overview = Embedding(
-        features[-1:], tuple(m.original_size), tuple(m.input_size), limits, dict(info)
+        features[-1:], _pair(m.original_size), _pair(m.input_size), limits, dict(info)
     )
     return TiledEmbedding.from_features(
         grid,
@@ -131,7 +131,7 @@ def embedding_of_chunk(
         overview,
         m.original_size,
         limits,
-        {**info, "tiling": dict(m.tiling), **where},
+        {**info, "tiling": dict(m.tiling or {}), **where},
     )
 
 
@@ -191,3 +191,8 @@ def chunk_of_embedding(metadata: StoreMetadata, path: Any, embedding: Any) -> np
             hint="Was the slice embedded by the store's model, with the store's tiling?",
         )
     return data
+
+
+def _pair(values: Any) -> tuple[int, int]:
+    h, w = values
+    return int(h), int(w)

@@ -105,7 +105,7 @@ def model_fingerprint(model: Any) -> str:
     str
         Equal for equal weights (names, dtypes, shapes and values), whatever the
         device or the file they were loaded from. Reads every weight once
-        (about 0.5 s for ViT-B); compute it once per loaded model.
+        (timed in docs/embedding_store.md); compute it once per loaded model.
     """
     state = model.state_dict() if hasattr(model, "state_dict") else model
     if not isinstance(state, Mapping):
@@ -141,23 +141,24 @@ class ModelIdentity:
 def predictor_identity(predictor: Any) -> ModelIdentity:
     """The :class:`ModelIdentity` of a predictor.
 
-    A predictor with a string attribute ``fingerprint`` is trusted; otherwise its
-    ``model`` attribute (a torch module) is hashed with :func:`model_fingerprint`.
+    A predictor's ``fingerprint`` string (:class:`~napari_sam.contract.BasePredictor`)
+    is trusted; otherwise its ``model`` (a torch module) is hashed with
+    :func:`model_fingerprint`.
 
     Raises
     ------
     TypeError
         If the predictor has neither (say how to identify it).
     """
-    name = str(getattr(predictor, "model_name", None) or type(predictor).__name__)
-    precision = getattr(predictor, "precision", None)
-    precision = None if precision is None else str(precision)
-    fingerprint = getattr(predictor, "fingerprint", None)
-    if isinstance(fingerprint, str) and fingerprint:
-        return ModelIdentity(name, fingerprint, precision)
-    model = getattr(predictor, "model", None)
-    if model is not None and hasattr(model, "state_dict"):
-        return ModelIdentity(name, model_fingerprint(model), precision)
+    from napari_sam.contract import as_predictor
+
+    p = as_predictor(predictor, need_embed=False, need_predict=False)
+    name = str(p.model_name or type(predictor).__name__)
+    precision = None if p.precision is None else str(p.precision)
+    if p.fingerprint:
+        return ModelIdentity(name, p.fingerprint, precision)
+    if p.model is not None and hasattr(p.model, "state_dict"):
+        return ModelIdentity(name, model_fingerprint(p.model), precision)
     raise TypeError(
         f"cannot tell which model the predictor {type(predictor).__name__} runs: give it a "
         "`model` attribute (a torch module) or a `fingerprint` string attribute"
@@ -169,23 +170,14 @@ def predictor_geometry(
 ) -> tuple[tuple[int, int, int], tuple[int, int]] | None:
     """``(embedding_shape (C, e, e), input_size (h, w))`` for a slice, without running the model.
 
-    Known for :class:`~napari_sam.predictor.Predictor` (from the model's config);
+    The predictor's :meth:`~napari_sam.contract.BasePredictor.embedding_geometry`:
+    known for :class:`~napari_sam.predictor.Predictor` (from the model's config);
     None for predictors that do not describe themselves (embed one slice instead).
     """
-    from napari_sam.predictor import resized_shape
+    from napari_sam.contract import as_predictor
 
-    model = getattr(predictor, "model", None)
-    config = getattr(model, "config", None)
-    size = getattr(predictor, "image_size", None)
-    if config is None or not isinstance(size, int):
-        return None
-    try:
-        e = int(config.embedding_size)
-        channels = int(config.prompt_embed_dim)
-    except AttributeError:
-        return None
-    h, w = int(slice_shape[0]), int(slice_shape[1])
-    return (channels, e, e), resized_shape(h, w, size)
+    lifted = as_predictor(predictor, need_embed=False, need_predict=False)
+    return lifted.embedding_geometry(slice_shape)
 
 
 def _floats(value: Any) -> tuple[float, float] | None:
@@ -249,18 +241,19 @@ def tiling_of_grid(grid: Any) -> dict | None:
 def predictor_tiling(predictor: Any, slice_shape: tuple[int, ...]) -> dict | None:
     """How ``predictor.embed`` tiles a slice of ``slice_shape``: a ``tiling`` record or None.
 
-    None for predictors without ``plan_tiles`` (they embed whole slices).
+    None for predictors that do not tile (they embed whole slices).
 
     Raises
     ------
     TypeError
         ``plan_tiles`` returns something other than None or a ``TileGrid``.
     """
-    plan = getattr(predictor, "plan_tiles", None)
-    if not callable(plan):
-        return None
-    grid = plan(tuple(int(v) for v in slice_shape[:2]))
-    if grid is not None and not all(hasattr(grid, a) for a in ("tile", "overlap", "window")):
+    from napari_sam.contract import as_predictor
+    from napari_sam.tiling import TileGrid
+
+    p = as_predictor(predictor, need_embed=False, need_predict=False)
+    grid = p.plan_tiles((int(slice_shape[0]), int(slice_shape[1])))
+    if grid is not None and not isinstance(grid, TileGrid):
         raise TypeError(
             f"{type(predictor).__name__}.plan_tiles returned {grid!r}; it must return None "
             "or a napari_sam.tiling.TileGrid"
@@ -432,7 +425,7 @@ class StoreMetadata:
             out += [f"image: {d}" for d in self.image_signature.differences(sig)]
         if "contrast_limits" in want and want["contrast_limits"] is not None:
             limits = _floats(want["contrast_limits"])
-            if self.contrast_limits is None or not np.allclose(
+            if self.contrast_limits is None or limits is None or not np.allclose(
                 limits, self.contrast_limits, rtol=1e-9, atol=0
             ):
                 out.append(f"contrast limits: store {self.contrast_limits}, requested {limits}")

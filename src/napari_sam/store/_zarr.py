@@ -21,7 +21,7 @@ import uuid
 import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -93,7 +93,7 @@ class EmbeddingStore(StoreComputing):
         self._done = group["done"]
         self._checked_predictors: Any = weakref.WeakSet()
         #: whether each slice's ``done`` chunk holds the checksum of its features
-        self.checksums = int(metadata.version) >= CHECKSUM_VERSION
+        self.checksums = int(metadata.version or STORE_VERSION) >= CHECKSUM_VERSION
         #: slices found damaged by this object (they were then treated as not computed)
         self.damaged: list[tuple[int, ...]] = []
         self._damage_reported = False
@@ -107,7 +107,8 @@ class EmbeddingStore(StoreComputing):
         self.grid: TileGrid | None = None
         if metadata.tiling is not None:
             t = metadata.tiling
-            grid = TileGrid(tuple(metadata.original_size), t["tile"], t["overlap"])
+            h, w = metadata.original_size
+            grid = TileGrid((int(h), int(w)), t["tile"], t["overlap"])
             if len(grid) != t["n_tiles"]:
                 raise NotAStoreError(
                     f"{str(path)!r} has inconsistent metadata: tiling {t} gives {len(grid)} "
@@ -173,7 +174,7 @@ class EmbeddingStore(StoreComputing):
             model_name=str(model_name),
             model_fingerprint=str(model_fingerprint),
             contrast_limits=contrast_limits,
-            original_size=stack_shape[len(stack_shape) - slice_ndim :][:2],
+            original_size=cast("tuple[int, int]", stack_shape[len(stack_shape) - slice_ndim :][:2]),
             input_size=input_size,
             embedding_shape=embedding_shape,
             image_signature=image_signature,
@@ -422,9 +423,9 @@ class EmbeddingStore(StoreComputing):
         except Exception as err:  # zarr/numcodecs decode errors: RuntimeError, ValueError...
             reason = f"its chunk cannot be decoded: {type(err).__name__}: {err}"
             raise self._damaged(idx, flag, reason) from err
-        reason = chunk_problem(data, self.metadata.chunk_shape, self.metadata.dtype, checksum)
-        if reason is not None:
-            raise self._damaged(idx, flag, reason)
+        problem = chunk_problem(data, self.metadata.chunk_shape, self.metadata.dtype, checksum)
+        if problem is not None:
+            raise self._damaged(idx, flag, problem)
         return data
 
     def check_slice(self, index: Any) -> str | None:

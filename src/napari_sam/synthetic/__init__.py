@@ -6,8 +6,10 @@ float32), ``labels`` is uint32 of the same shape with 0 = background and objects
 ``1..N``; output is deterministic for a given seed.
 
 Modules: :mod:`.imaging` (PSF blur, illumination, background, camera noise and
-quantization), :mod:`.shapes` (exact object masks and non-overlapping placement),
-:mod:`.scenes` (the generators below).
+quantization), :mod:`.shapes` (exact object masks), :mod:`.placement`
+(non-overlapping placement, tessellation), :mod:`.scenes` and :mod:`.stacks`
+(the generators below), :mod:`.appearance` and :mod:`.stress` (appearance
+changes for training and the stress sweep).
 
 Examples
 --------
@@ -24,12 +26,11 @@ from .scenes import (
     SCENES_2D,
     cells_membrane_2d,
     nuclei_2d,
-    nuclei_stack,
     phase_contrast_2d,
     puncta_2d,
     random_scene_2d,
-    sample_nuclei_stack,
 )
+from .stacks import nuclei_stack, sample_nuclei_stack
 
 __all__ = [
     "SCENES_2D",

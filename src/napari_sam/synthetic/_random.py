@@ -59,7 +59,7 @@ def _bspline_taps(
 def smooth_noise(
     shape: Sequence[int],
     rng: np.random.Generator,
-    length: float | Sequence[float],
+    length: float | Sequence[float] | np.ndarray,
 ) -> np.ndarray:
     """Smooth, stationary random field with zero mean and unit variance.
 
@@ -96,9 +96,10 @@ def smooth_noise(
         bshape = [1] * field.ndim
         bshape[axis] = shape[axis]
         lead = (slice(None),) * axis
-        out = field[(*lead, index[0])] * weight[0].reshape(bshape)
+        taps_at = [(*lead, index[k]) for k in range(4)]  # (a subscript `[(*lead, i)]` trips mypy)
+        out = field[taps_at[0]] * weight[0].reshape(bshape)
         for k in range(1, 4):
-            out += field[(*lead, index[k])] * weight[k].reshape(bshape)
+            out += field[taps_at[k]] * weight[k].reshape(bshape)
         field = out
     field = np.ascontiguousarray(field, dtype=np.float32)
     field -= field.mean()

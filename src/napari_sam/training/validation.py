@@ -174,30 +174,21 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _predict_all(predictor, emb, points=None, boxes=None, multimask=True, chunk=32):
-    """Best masks for many single-prompt objects (batched when the predictor can)."""
+    """Best masks for many single-prompt objects, ``chunk`` per ``predict_batch`` call."""
+    from napari_sam.contract import as_predictor
+
+    predictor = as_predictor(predictor)
     n = len(points) if points is not None else len(boxes)
     masks = []
     for i0 in range(0, n, chunk):
         sl = slice(i0, min(n, i0 + chunk))
-        if hasattr(predictor, "predict_batch"):
-            preds = predictor.predict_batch(
-                emb,
-                points=None if points is None else points[sl, None],
-                labels=None if points is None else np.ones((sl.stop - sl.start, 1)),
-                boxes=None if boxes is None else boxes[sl],
-                multimask=multimask,
-            )
-        else:
-            preds = [
-                predictor.predict(
-                    emb,
-                    points=None if points is None else points[i : i + 1],
-                    labels=None if points is None else [1],
-                    box=None if boxes is None else boxes[i],
-                    multimask=multimask,
-                )
-                for i in range(sl.start, sl.stop)
-            ]
+        preds = predictor.predict_batch(
+            emb,
+            points=None if points is None else points[sl, None],
+            labels=None if points is None else np.ones((sl.stop - sl.start, 1)),
+            boxes=None if boxes is None else boxes[sl],
+            multimask=multimask,
+        )
         masks.extend(p.best_mask for p in preds)
     return masks
 
@@ -245,7 +236,7 @@ def evaluate_set(
     ``default_window`` normalizes the scenes whose condition sets no window
     (``"auto"``: the Predictor's default; ``"napari"``: napari's default limits).
     """
-    from napari_sam.synthetic.appearance import apply_condition
+    from napari_sam.synthetic.stress import apply_condition
 
     acc: dict[str, list[float]] = {"point": [], "box": [], "box_single": []}
     for seed, (image, labels) in zip(vset.seeds if seeds is None else seeds, vset.scenes(seeds)):
