@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam.annotation.jobs import Job, Status
+from napari_sam.contract import as_predictor
 
 __all__ = ["OBJECT_CHOICES", "AdaptOutcome", "Adapter", "is_adapted"]
 
@@ -118,14 +119,16 @@ class Adapter:
         model = self.embedder.model
         if not is_adapted(model):
             current = self.embedder.load_predictor()
-            name = getattr(current, "model_name", None)
+            name = as_predictor(current, need_embed=False, need_predict=False).model_name
             if not is_adapted(name):
                 return model, current
             model = name
         root = str(base_model_name(model))
         from napari_sam.predictor import Predictor
 
-        device = getattr(self.embedder.predictor, "device", None)
+        loaded = self.embedder.predictor
+        device = (None if loaded is None
+                  else as_predictor(loaded, need_embed=False, need_predict=False).device)
         return root, Predictor(root, device=str(device) if device is not None else "auto")
 
     # ------------------------------------------------------------------ run
@@ -212,8 +215,9 @@ class Adapter:
             self._say("info", f"{summary}\nThe annotator keeps {self.embedder.model}.")
             return
         self.base = outcome.base  # what "back to the base model" and the next run use
-        model = str(outcome.saved) if outcome.saved is not None else str(
-            getattr(result.adapted, "model_name", "adapted model"))
+        adapted = as_predictor(result.adapted, need_embed=False, need_predict=False)
+        model = (str(outcome.saved) if outcome.saved is not None
+                 else str(adapted.model_name or "adapted model"))
         self.embedder.set_model(model, predictor=result.adapted)
         self.state.model = model
         where = (f"saved to {outcome.saved}" if outcome.saved is not None

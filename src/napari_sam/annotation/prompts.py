@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam.annotation.slicing import apply_affine, nearest_index
+from napari_sam.contract import Prediction, as_predictor
 
 __all__ = [
     "BOX_TYPES",
@@ -351,48 +352,31 @@ def collect_slice_prompts(
 
 def decode_objects(
     predictor: Any, embedding: Any, objects: Sequence[ObjectPrompt], *, multimask: bool
-) -> list[Any]:
+) -> list[Prediction]:
     """Decode every object against one slice embedding; one prediction per object.
 
-    Objects with the same :attr:`ObjectPrompt.signature` go through one
-    ``predictor.predict_batch`` call when the predictor has it (several at
-    once); otherwise ``predictor.predict`` is called per object. An object
+    The objects go through the predictor contract's
+    :meth:`~napari_sam.contract.BasePredictor.predict_objects` (objects with
+    the same :attr:`ObjectPrompt.signature` in one ``predict_batch`` call; a
+    predictor with only ``predict`` is lifted by
+    :func:`~napari_sam.contract.as_predictor` and called per object). An object
     with a ``decode(predictor, embedding)`` method (a scribble) decodes itself.
 
     Returns
     -------
-    list of :class:`~napari_sam.predictor.Prediction`, in the order of ``objects``.
+    list of :class:`~napari_sam.contract.Prediction`, in the order of ``objects``.
     """
     results: list[Any] = [None] * len(objects)
-    groups: dict[tuple[int, bool, bool], list[int]] = {}
+    plain: list[int] = []
     for i, obj in enumerate(objects):
         if hasattr(obj, "decode"):  # scribbles: their own decoding (correction points)
             results[i] = obj.decode(predictor, embedding)
-            continue
-        groups.setdefault(obj.signature, []).append(i)
-    batched = hasattr(predictor, "predict_batch")
-    for (n_pts, has_box, has_mask), members in groups.items():
-        if batched and len(members) > 1:
-            objs = [objects[i] for i in members]
-            preds = predictor.predict_batch(
-                embedding,
-                points=[o.points for o in objs] if n_pts else None,
-                labels=[o.labels for o in objs] if n_pts else None,
-                boxes=[o.box for o in objs] if has_box else None,
-                masks=[o.mask for o in objs] if has_mask else None,
-                multimask=multimask,
-            )
-            for i, p in zip(members, preds):
-                results[i] = p
-            continue
-        for i in members:
-            o = objects[i]
-            results[i] = predictor.predict(
-                embedding,
-                points=o.points if n_pts else None,
-                labels=o.labels if n_pts else None,
-                box=o.box,
-                mask=o.mask,
-                multimask=multimask,
-            )
+        else:
+            plain.append(i)
+    if plain:
+        lifted = as_predictor(predictor, need_embed=False)
+        preds = lifted.predict_objects(embedding, [objects[i] for i in plain],
+                                       multimask=multimask)
+        for i, pred in zip(plain, preds):
+            results[i] = pred
     return results
