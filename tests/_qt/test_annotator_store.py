@@ -120,7 +120,12 @@ def test_second_annotator_reuses_the_store(viewer, tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "deleted"])
 def test_damaged_chunk_is_recomputed_not_raised(viewer, tmp_path, damage):
-    """issue 16: a damaged features chunk crashed segment() (zstd error) or gave zeros."""
+    """issue 16: a damaged features chunk crashed segment() (zstd error) or gave zeros.
+
+    The damage is said to the user as an annotator message (a notification), not as
+    a ``StoreDamageWarning``."""
+    import warnings
+
     from napari_sam.store import StoreDamageWarning
 
     image = viewer.add_image(stack(), contrast_limits=(0, 1000))
@@ -140,8 +145,14 @@ def test_damaged_chunk_is_recomputed_not_raised(viewer, tmp_path, damage):
     again = FeaturePredictor()
     ann2 = Annotator(viewer, image, predictor=again, store=path)
     ann2.add_point((2, 20, 20))
-    with pytest.warns(StoreDamageWarning, match=r"slice \(2,\) was damaged"):
+    said = []
+    ann2.events.message.connect(lambda e: said.append((e.level, e.message)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreDamageWarning)  # a message instead
         masks2 = ann2.segment((2,))
+    damage = [m for m in said if "slice (2,) was damaged" in m[1]]
+    assert len(damage) == 1 and damage[0][0] == "warning", said
+    assert "recomputed and rewritten" in damage[0][1]
     np.testing.assert_array_equal(masks2[0], masks[0])
     assert len(again.embed_calls) == 1  # recomputed once, and rewritten:
     assert EmbeddingStore.open(path).check_slice((2,)) is None

@@ -46,6 +46,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Hashable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,11 @@ def auto_store_path(
 
 
 def _model_name(predictor: Any) -> str:
-    return str(getattr(predictor, "model_name", None) or type(predictor).__name__)
+    """The model's name for a store path (the contract's ``model_name``, else the class)."""
+    from napari_sam.contract import as_predictor
+
+    name = as_predictor(predictor, need_embed=False, need_predict=False).model_name
+    return str(name or type(predictor).__name__)
 
 
 class StoreLink:
@@ -305,9 +310,11 @@ class StoreLink:
         from napari_sam.store import StoreMismatchError, StoreWriteError
 
         path = str(store.path)
+        write_failed = partial(self._write_failed, store)
         try:
-            if store.has(idx):
-                return store.get_or_compute(idx, image, predictor)  # read (and verify) only
+            if store.has(idx):  # read (and verify); a damaged slice is recomputed, said once
+                return store.get_or_compute(idx, image, predictor, on_damage=self._damaged,
+                                            on_write_error=write_failed)
         except StoreMismatchError as err:
             if self.mode != AUTO:
                 self._give_up(store, f"{err}\nThe annotator keeps embeddings in memory instead.")
@@ -324,11 +331,16 @@ class StoreLink:
             return compute()
         try:
             with lock:
-                return store.get_or_compute(idx, image, predictor,
-                                            on_write_error=lambda e: self._write_failed(store, e))
+                return store.get_or_compute(idx, image, predictor, on_damage=self._damaged,
+                                            on_write_error=write_failed)
         except StoreMismatchError as err:  # the new embedding does not fit the store
             self._give_up(store, f"{err}\nThe annotator keeps embeddings in memory instead.")
             return compute()
+
+    def _damaged(self, message: str) -> None:
+        """The store found a damaged slice (said once per store; it is recomputed and
+        rewritten): a warning for the user instead of a ``StoreDamageWarning``."""
+        self._tell("warning", message)
 
     def _write_failed(self, store: Any, err: BaseException) -> None:
         self._unwritable.add(str(store.path))
