@@ -1,7 +1,7 @@
 """The fine-tuning loop of adaptation, built on :mod:`napari_sam.training`.
 
 The interactive prompt simulation and the losses are those of the bundled
-model's training (:func:`napari_sam.training.loop.decode_rounds`): a first
+model's training (:func:`napari_sam.training.rounds.decode_rounds`): a first
 prompt that is a point, a jittered box, a perturbed mask prompt with a point
 or a grown box, or (stack slices) the object's mask on the neighbouring
 slice; then correction clicks from the error region with the previous
@@ -83,8 +83,8 @@ class AdaptSettings:
         return asdict(self)
 
     def train_config(self):
-        """The :class:`~napari_sam.training.loop.TrainConfig` that the prompt simulation reads."""
-        from napari_sam.training.loop import TrainConfig
+        """The :class:`~napari_sam.training.config.TrainConfig` that the prompt simulation reads."""
+        from napari_sam.training.config import TrainConfig
 
         return TrainConfig(
             steps=self.steps,
@@ -196,13 +196,13 @@ def prepare_model(model):
 def train_step(model, optimizer, scenes, cfg, gen, rng, features=None) -> float:
     """One optimizer step; returns the loss.
 
-    As :func:`napari_sam.training.loop.train_step` without the auxiliary loss.
+    As :func:`napari_sam.training.step.train_step` without the auxiliary loss.
 
     Parameters
     ----------
     model : the :class:`~napari_sam.model.sam.Sam` being adapted
     scenes : :class:`~napari_sam.training.data.Scene` list (``rgb`` unused with ``features``)
-    cfg : :class:`~napari_sam.training.loop.TrainConfig` (prompt simulation, clipping)
+    cfg : :class:`~napari_sam.training.config.TrainConfig` (prompt simulation, clipping)
     gen, rng : torch and numpy generators of the run
     features : ``(N, C, e, e)`` cached embeddings (encoder not trained), or None
         to embed the scenes with gradients
@@ -210,7 +210,7 @@ def train_step(model, optimizer, scenes, cfg, gen, rng, features=None) -> float:
     import torch
 
     from napari_sam.training.data import stack_inputs
-    from napari_sam.training.loop import decode_rounds
+    from napari_sam.training.rounds import decode_rounds
 
     emb = model.image_encoder(stack_inputs(model, scenes)) if features is None else features
     total = torch.zeros((), device=emb.device)
@@ -285,7 +285,7 @@ def fine_tune(
     """
     import torch
 
-    from napari_sam.training.loop import build_optimizer, lr_factor
+    from napari_sam.training.step import build_optimizer, lr_factor
 
     cfg = settings.train_config()
     step_fn = step_fn or train_step

@@ -3,7 +3,11 @@
 Modules: :mod:`.data` (scene sampling from :mod:`napari_sam.synthetic`, normalized
 exactly like the Predictor's input), :mod:`.prompts` (SAM-style prompt
 simulation), :mod:`.losses` (focal + dice, IoU MSE), :mod:`.loop` (the
-interactive training loop), :mod:`.validation` (held-out quality metrics).
+training run, resumable with :mod:`.resume`; the step, the interactive rounds,
+the configuration, the resolution curriculum and the initializations in
+:mod:`.step`, :mod:`.rounds`, :mod:`.config`, :mod:`.resolution`,
+:mod:`.initialization`, :mod:`.weights`), :mod:`.validation` (held-out
+quality metrics).
 
 Command line::
 

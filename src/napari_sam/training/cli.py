@@ -143,7 +143,7 @@ def _validate(args) -> int:
 
 
 def _export(args) -> int:
-    from napari_sam.training.loop import file_sha256
+    from napari_sam.training.weights import file_sha256
 
     run = Path(args.run)
     weights = run / "micro_sam_latest.pt"

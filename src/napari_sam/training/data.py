@@ -185,7 +185,7 @@ def draw_shape(cfg: DataConfig, rng: np.random.Generator) -> tuple[int, int]:
     """Scene shape: ``cfg.base_shape`` or, with ``other_shape_prob``, random sides."""
     if rng.random() < cfg.other_shape_prob:
         return (int(rng.choice(cfg.other_sides)), int(rng.choice(cfg.other_sides)))
-    return tuple(cfg.base_shape)
+    return (cfg.base_shape[0], cfg.base_shape[1])
 
 
 def draw_kind(cfg: DataConfig, rng: np.random.Generator) -> str:
@@ -317,7 +317,8 @@ class StackSource:
     def next(self, rng: np.random.Generator, img_size: int, cfg: DataConfig) -> Scene | None:
         """One slice with propagation-style objects; None when no object qualifies."""
         if self.stack is None or self.used >= cfg.stack_slices:
-            self._generate(rng, tuple(cfg.base_shape), cfg.stack_depth, cfg)
+            self._generate(rng, (cfg.base_shape[0], cfg.base_shape[1]), cfg.stack_depth, cfg)
+        assert self.stack is not None and self.labels is not None  # made by _generate
         self.used += 1
         n_z = self.stack.shape[0]
         z = int(rng.integers(0, n_z))
@@ -359,7 +360,7 @@ def scene_batch(
 ) -> list[Scene]:
     """``n`` training scenes (2D scenes, or stack slices with ``cfg.stack_prob``)."""
     cfg = cfg or DataConfig()
-    scenes = []
+    scenes: list[Scene] = []
     while len(scenes) < n:
         if stacks is not None and cfg.stack_prob > 0 and rng.random() < cfg.stack_prob:
             scene = stacks.next(rng, img_size, cfg)
