@@ -677,7 +677,8 @@ def _fading_disc():
 @pytest.mark.parametrize(("threshold", "extent"), [(0.4, (3, 9)), (0.5, (3, 9)), (0.7, (4, 8))])
 def test_fade_rule_stops_where_the_contrast_fades(threshold, extent):
     image, disc = _fading_disc()
-    result = propagate(image, {6: disc}, _EchoPredictor(), fade_threshold=threshold)
+    result = propagate(image, {6: disc}, _EchoPredictor(), fade_threshold=threshold,
+                       fade_step=0)  # the keyframe part alone
     assert _extent(result.mask_or_labels) == extent
     faded = sorted(r.z for r in result.records if r.status == "faded")
     assert faded == [extent[0] - 1, extent[1] + 1]
@@ -688,8 +689,10 @@ def test_fade_rule_off_and_dark_objects():
     result = propagate(image, {6: disc}, _EchoPredictor(), fade_threshold=0)
     assert _extent(result.mask_or_labels) == (0, 12)  # nothing else stops the echo
     dark = (2000 - image.astype(np.int32)).astype(np.uint16)  # dark disc on a bright background
-    result = propagate(dark, {6: disc}, _EchoPredictor(), fade_threshold=0.4)
+    result = propagate(dark, {6: disc}, _EchoPredictor(), fade_threshold=0.4, fade_step=0)
     assert _extent(result.mask_or_labels) == (3, 9)
+    result = propagate(dark, {6: disc}, _EchoPredictor(), fade_threshold=0.4)  # with the step
+    assert _extent(result.mask_or_labels) == (4, 8)
     result = propagate(image, {6: disc}, _EchoPredictor())  # generic default: off
     assert _extent(result.mask_or_labels) == (0, 12)
 
@@ -709,7 +712,61 @@ def test_registry_recommends_propagation_options_per_model():
     assert engine.options.prompts.parts == parse_prompt_mode("box+mask+neg")
     engine = Engine.create(image, {6: disc}, echo, prompt_mode="box", fade_threshold=0)
     assert engine.options.fade_threshold == 0.0  # the caller's choice wins
-    assert _extent(propagate(image, {6: disc}, echo).mask_or_labels) == (3, 9)
+    # fade 0.4 of the keyframe's contrast and 0.7 of the previous slice's (1.0 -> 0.6)
+    assert _extent(propagate(image, {6: disc}, echo).mask_or_labels) == (4, 8)
+
+
+def test_fade_step_stops_a_sudden_drop_but_not_a_gradual_fade():
+    """Inside an object the contrast falls by 15 % per slice (to 0.44 of the keyframe's);
+    past its ends it drops to 0.25, then 0.05: the step part stops at the drop, which the
+    keyframe part (0.1 here) lets through."""
+    y, x = np.mgrid[:48, :48]
+    disc = (y - 24) ** 2 + (x - 24) ** 2 <= 5**2
+    d = np.abs(np.arange(17) - 8)
+    level = np.where(d <= 5, 0.85**d, np.where(d == 6, 0.25, 0.05))
+    image = (100 + 1000 * level[:, None, None] * disc).astype(np.uint16)
+    result = propagate(image, {8: disc}, _EchoPredictor(), fade_threshold=0.1)
+    assert _extent(result.mask_or_labels) == (3, 13)
+    assert sorted(r.z for r in result.records if r.status == "faded") == [2, 14]
+    result = propagate(image, {8: disc}, _EchoPredictor(), fade_threshold=0.1, fade_step=0)
+    assert _extent(result.mask_or_labels) == (2, 14)
+    result = propagate(image, {8: disc}, _EchoPredictor(), fade_threshold=0)  # both off
+    assert _extent(result.mask_or_labels) == (0, 16)
+
+
+class _Underconfident(OraclePredictor):
+    """Exact masks with low scores (a model unsure about small objects): 0.4 on slice 10,
+    0.05 less per slice away from it."""
+
+    def answer(self, z, target, points, labels, box, mask):
+        got, score = super().answer(z, target, points, labels, box, mask)
+        return got, (0.4 - 0.05 * abs(z - 10)) if target else score
+
+
+def test_low_scores_are_judged_against_the_keyframe_score():
+    labels = _cylinder(0, Z - 1)
+    image = _image(labels)
+    seeds = {10: labels[10] == 1}
+    # the keyframe itself scores 0.4 < score_threshold 0.5; 0.7 of it is 0.28: 2 slices
+    result = propagate(image, seeds, _Underconfident(labels, image))
+    assert _extent(result.mask_or_labels) == (8, 12)
+    assert {r.z for r in result.records if r.status == "low_score"} == {7, 13}
+    result = propagate(image, seeds, _Underconfident(labels, image), keyframe_score_share=0.5)
+    assert _extent(result.mask_or_labels) == (6, 14)  # down to 0.2
+    result = propagate(image, seeds, _Underconfident(labels, image), keyframe_score_share=0)
+    assert _extent(result.mask_or_labels) == (10, 10)  # score_threshold alone
+    result = propagate(image, seeds, _Underconfident(labels, image), score_threshold=0.3,
+                       keyframe_score_share=0)
+    assert _extent(result.mask_or_labels) == (8, 12)
+    # a confident keyframe keeps score_threshold as it is: test_low_score_stops
+
+
+@pytest.mark.parametrize("name", ["fade_step", "keyframe_score_share"])
+@pytest.mark.parametrize("bad", [-0.1, 1.0, "0.4"])
+def test_shares_are_checked(name, bad):
+    image, disc = _fading_disc()
+    with pytest.raises(ValueError, match=name):
+        propagate(image, {6: disc}, _EchoPredictor(), **{name: bad})
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, "0.4", [0.4]])

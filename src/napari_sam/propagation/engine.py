@@ -79,6 +79,8 @@ class Options:
     max_growth: float
     fade_threshold: float = 0.0
     motion: bool = False
+    fade_step: float = 0.0
+    keyframe_score_share: float = 0.0
 
 
 @dataclass(eq=False)
@@ -95,6 +97,8 @@ class _Front:
     alive: bool = True
     partner: _Front | None = None  # the front coming from the other side of a gap
     reference_contrast: float = _NAN  # the object's contrast on its keyframe ("faded" rule)
+    previous_contrast: float = _NAN  # ... on the last accepted slice ("faded", fade_step)
+    keyframe: int = -1  # the slice it started from
     velocity: np.ndarray | None = None  # (rows, cols) per step, when following motion
 
     def may_visit(self, z: int) -> bool:
@@ -151,6 +155,8 @@ class Engine:
     done: int = 0
     limits_known: bool = False
     _last_read: tuple[int, np.ndarray] | None = None
+    # (object id, keyframe z) -> the model's score re-predicting the keyframe (lazily)
+    keyframe_scores: dict[tuple[int, int], float] = field(default_factory=dict)
     source: Any = None  # the nD array when ``stack`` is an AxisView of it (its limits are used)
 
     # --------------------------------------------------------------- setup
@@ -180,6 +186,7 @@ class Engine:
             p.min_area, p.max_growth, p.box_margin, p.n_points
         )
         fade_threshold, motion, embeddings = p.fade_threshold, bool(p.motion), p.embeddings
+        fade_step, keyframe_score_share = p.fade_step, p.keyframe_score_share
         contrast_limits = p.contrast_limits
         assert p.prompt_mode is not None  # for_model filled it in
         parts = parse_prompt_mode(p.prompt_mode)
@@ -194,6 +201,10 @@ class Engine:
                 f"fade_threshold must be a number in [0, 1) (0 turns the 'faded' rule off), "
                 f"got {fade_threshold!r}"
             )
+        for name, share in (("fade_step", fade_step),
+                            ("keyframe_score_share", keyframe_score_share)):
+            if not (isinstance(share, (int, float, np.number)) and 0 <= share < 1):
+                raise ValueError(f"{name} must be a number in [0, 1) (0: off), got {share!r}")
         if not (isinstance(box_margin, (int, float)) and box_margin >= 0):
             raise ValueError(f"box_margin must be a number >= 0, got {box_margin!r}")
         if not isinstance(n_points, int) or n_points < 1:
@@ -241,6 +252,8 @@ class Engine:
             max_growth=float(max_growth),
             fade_threshold=float(fade_threshold),
             motion=motion,
+            fade_step=float(fade_step),
+            keyframe_score_share=float(keyframe_score_share),
         )
         engine = cls(
             stack=stack,
@@ -291,12 +304,13 @@ class Engine:
 
     def _add_front(self, oid: int, z: int, step: int, limit: int, edge: str | None) -> _Front:
         seed = self.seeds[oid][z]
-        front = _Front(oid, step, z + step, limit, edge, seed)
+        front = _Front(oid, step, z + step, limit, edge, seed, keyframe=z)
         behind = self.seeds[oid].get(z - step)  # a keyframe one step behind gives the motion
         if self.options.motion and behind is not None:
             front.velocity = step_motion(behind, seed, None)
         if self.options.fade_threshold > 0:
             front.reference_contrast = object_contrast(self._plane(z), seed)
+            front.previous_contrast = front.reference_contrast
         self.fronts.append(front)
         return front
 
@@ -455,6 +469,39 @@ class Engine:
                     masks[item.object_id] = mask
         return SliceUpdate(z, masks, records)
 
+    def _score_floor(self, item: _Item) -> float:
+        """The lowest score still accepted by ``keyframe_score_share``: that share of the
+        object's score on its keyframe (the best of the item's fronts); 1 when off."""
+        share = self.options.keyframe_score_share
+        if share <= 0:
+            return 1.0
+        best = 0.0
+        for f in item.fronts:
+            key = (f.object_id, f.keyframe)
+            if key not in self.keyframe_scores:
+                self.keyframe_scores[key] = self._keyframe_score(f)
+            best = max(best, self.keyframe_scores[key])
+        return share * best
+
+    def _keyframe_score(self, front: _Front) -> float:
+        """The model's score for the object on its keyframe, prompted as a neighbour
+        would be (from the keyframe mask itself); 0 when no prompt can be built."""
+        seed = self.seeds[front.object_id].get(front.keyframe)
+        if seed is None:
+            return 0.0
+        prompt = build_prompt(seed, self.options.prompts)
+        if prompt is None:
+            return 0.0
+        emb = self.embedding(front.keyframe)
+        pred = self.predictor.predict_objects(emb, [prompt], multimask=[prompt.multimask])[0]
+        candidates = np.asarray(pred.masks, dtype=bool)
+        if candidates.ndim == 2:
+            candidates = candidates[None]
+        scores = np.atleast_1d(np.asarray(pred.scores, dtype=np.float64))
+        overlaps = [iou(c, seed) for c in candidates]
+        k = max(range(len(scores)), key=lambda i: (overlaps[i], scores[i]))
+        return float(scores[k])
+
     def _judge(self, z: int, item: _Item, pred: Any) -> tuple[SliceRecord, np.ndarray | None]:
         opts = self.options
         oid = item.object_id
@@ -484,7 +531,7 @@ class Engine:
         prev_area = max(int(np.count_nonzero(p)) for p in item.prev_masks)
         if area < opts.min_area:
             status = "vanished"
-        elif score < opts.score_threshold:
+        elif score < opts.score_threshold and score < self._score_floor(item):
             status = "low_score"
         elif area > opts.max_growth * prev_area or (
             overlap < opts.iou_threshold and not nested(mask, item.prev_masks)
@@ -495,6 +542,7 @@ class Engine:
         if status == "ok" and opts.fade_threshold > 0:
             contrast = object_contrast(self._plane(z), mask)
             if any(faded(contrast, f.reference_contrast, opts.fade_threshold)
+                   or faded(contrast, f.previous_contrast, opts.fade_step)
                    for f in item.fronts):
                 status = "faded"
         if status != "ok":
@@ -505,6 +553,8 @@ class Engine:
             if opts.motion:
                 f.velocity = step_motion(f.prev_mask, mask, f.velocity)
             f.prev_mask = mask
+            if opts.fade_threshold > 0:
+                f.previous_contrast = contrast
             f.steps += 1
             f.next_z = z + f.step
             if z == f.limit and f.edge_status is not None:

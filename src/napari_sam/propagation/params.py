@@ -31,6 +31,12 @@ DEFAULT_MAX_GROWTH = 2.0
 #: Default of the "faded" rule (off); models that run past object ends recommend one
 #: in the registry (:attr:`napari_sam.model.registry.ModelInfo.propagation`).
 DEFAULT_FADE_THRESHOLD = 0.0
+#: Default of the "faded" rule's step part: the contrast may fall to this share of the
+#: previous slice's per step (only where ``fade_threshold`` > 0; docs/propagation.md).
+DEFAULT_FADE_STEP = 0.7
+#: Default share of an object's own score on its keyframe that is enough to go on where
+#: the score is below ``score_threshold`` (docs/propagation.md, "Small objects").
+DEFAULT_KEYFRAME_SCORE_SHARE = 0.7
 #: Defaults along a time axis (``axis="t"``), instead of the model's z recommendation:
 #: an object moves between frames, so negative points just outside its last mask
 #: land on it, and a point on its interior keeps it (docs/propagation.md, "Tracking").
@@ -107,6 +113,19 @@ class PropagationParams:
         of its contrast on the keyframe (:mod:`napari_sam.propagation.fade`);
         0 turns it off. Default: the model's recommendation (0.4 for
         ``micro``), else 0.
+    fade_step : float
+        With the "faded" rule on (``fade_threshold`` > 0), also stop when the
+        contrast falls below this share of its value on the previous accepted
+        slice: out-of-focus light past an object's end drops faster per slice
+        than the object fades inside (small objects: their keyframe contrast
+        is low already). 0 turns this part off.
+    keyframe_score_share : float
+        A mask scoring below ``score_threshold`` is still accepted when its
+        score reaches this share of the object's own score on its keyframe
+        (the model re-predicting the keyframe from the same kind of prompt,
+        decoded only when needed): models score small objects low even
+        where they segment them well, so a fixed threshold would stop them
+        at the first slice. 0: ``score_threshold`` alone.
     motion : bool
         Follow moving objects: each step's prompt (and the mask it is judged
         against) is the previous mask shifted by the object's last motion.
@@ -169,6 +188,16 @@ class PropagationParams:
         None,
         help="stop when the object's contrast falls below this share of its seed's; 0: off",
         shown_default="the model's recommendation: 0.4 for micro; else 0",
+    )
+    fade_step: float = option(
+        DEFAULT_FADE_STEP,
+        help="with the faded rule on, also stop when the contrast falls below this share of "
+        "the previous slice's; 0: off",
+    )
+    keyframe_score_share: float = option(
+        DEFAULT_KEYFRAME_SCORE_SHARE,
+        help="accept a mask scoring below score-threshold when it reaches this share of the "
+        "object's score on its keyframe; 0: off",
     )
     motion: bool | None = option(
         None, widget=False, help="follow moving objects (the prompt shifted by the last motion)",
