@@ -28,7 +28,7 @@ from napari_sam.annotation.layer_set import (
     PREVIEW_COLOR,
     AnnotatorLayers,
 )
-from napari_sam.annotation.napari_worker import launch, notify
+from napari_sam.annotation.napari_worker import launch, notify, pump_events
 from napari_sam.annotation.preview import Preview
 from napari_sam.annotation.prompt_layers import PromptLayers
 from napari_sam.annotation.prompts import SlicePrompts
@@ -153,8 +153,8 @@ class Annotator(BeyondClicks):
         self.labels_layer, self.preview_layer = self.layers.labels, self.layers.preview
         self.points_layer, self.shapes_layer = self.layers.points, self.layers.shapes
         self.owns_labels = self.layers.owns_labels
-        self.writer = LayerWriter(self.layers.labels)
-        self.prompt_layers = PromptLayers(self.layers)
+        self.writer = LayerWriter(self.layers.labels, pause=pump_events)  # GUI drawn between slices
+        self.prompt_layers = PromptLayers(self.layers, say=partial(self._say, "warning"))
         self.cache = cache if cache is not None else EmbeddingCache(cache_size)
         coarsest = self.image_layer.data[-1] if self.image_layer.multiscale else None
         self.intensity = IntensityRange(
@@ -208,6 +208,7 @@ class Annotator(BeyondClicks):
             (self.image_layer.events.data, self._on_image_data),
             (self.points_layer.events.data, self._on_prompts_changed),
             (self.shapes_layer.events.data, self._on_prompts_changed),
+            *self.prompt_layers.connections(),  # NaN or far-out prompts refused (prompt_layers)
             *self._extended_connections(),  # scribbles, refine, similar, review (extended.py)
         ]
 
@@ -565,11 +566,11 @@ class Annotator(BeyondClicks):
         """The Labels layer holding "everything" results (None before the first)."""
         return self.layers.everything
 
-    def commit_everything(self, overwrite: bool = False) -> list[int]:
-        """Merge the everything result into :attr:`labels_layer` (one undo step): new ids,
-        existing labels kept unless ``overwrite`` (always, for a whole-stack
-        result); the review layer is cleared. Returns the ids that got pixels."""
-        return self.stack.commit_everything(overwrite)
+    def commit_everything(self, overwrite: bool = False, *, blocking: bool = True) -> Any:
+        """Merge the everything result into :attr:`labels_layer` (one undo step), clearing it:
+        new ids, existing labels kept unless ``overwrite`` (always for a whole-stack result,
+        which ``blocking=False`` prepares in a worker, returned). Returns the ids written."""
+        return self.stack.commit_everything(overwrite, blocking=blocking)
 
     def adapt(self, objects: str = "all", *, blocking: bool = True, save: bool = True,
               **options: Any) -> Any:

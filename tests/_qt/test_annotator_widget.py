@@ -230,7 +230,8 @@ def test_everything_buttons(qtbot, widget_viewer):
     qtbot.waitUntil(lambda: not ann.busy, timeout=30_000)
     stack = ann.everything_layer.data.copy()
     assert stack.shape == before.shape and (stack.any(axis=(1, 2))).sum() > 1
-    widget.buttons["commit_everything"].click()
+    widget.buttons["commit_everything"].click()  # a job (prepared in a worker), then written
+    qtbot.waitUntil(lambda: not ann.busy, timeout=30_000)
     assert not ann.everything_layer.data.any() and ann.labels_layer.data.max() > before.max()
     ann.labels_layer.undo()
     np.testing.assert_array_equal(ann.labels_layer.data, before)

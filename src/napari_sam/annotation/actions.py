@@ -151,7 +151,7 @@ ACTIONS: tuple[Action, ...] = (
            group="everything"),
     Action("commit_everything", "Commit everything", None,
            "Merge the 'everything' layer into the labels (existing labels are kept)",
-           lambda a, c: a.commit_everything(), group="everything"),
+           lambda a, c: a.commit_everything(blocking=False), group="everything"),
     Action("find_similar", "Find all like this", "Shift-F",
            "Find objects like the last committed (or the selected) label(s) into the "
            "'everything' layer; the threshold re-ranks them, 'Commit everything' commits",

@@ -23,6 +23,14 @@ What a job's generator yields:
 
 Its return value goes to ``job.on_result``; ``job.on_finished`` runs last,
 always (also after a failure or a cancel), on the main thread.
+
+Jobs that write into the labels layer when they end (a propagation keeps its
+slices in the preview until then: :data:`WRITING_KINDS`, or ``Job.writes``)
+hold the layer's undo and redo while they run (:class:`HistoryHold`): undoing
+the seed of a running propagation would otherwise leave the propagated object
+on every other slice without its seed, and the write at the end would drop
+the redo. Ctrl+Z then says what runs and how to stop it; it works again as
+soon as the job's write (one undo step) is done.
 """
 
 from __future__ import annotations
@@ -37,7 +45,9 @@ from typing import Any, NamedTuple, Protocol
 from napari_sam.annotation.state import AnnotatorState, JobKind, JobStatus, Level, Message
 
 __all__ = [
+    "WRITING_KINDS",
     "Failure",
+    "HistoryHold",
     "Job",
     "JobRunner",
     "JobSink",
@@ -49,6 +59,9 @@ __all__ = [
 ]
 
 Steps = Callable[[threading.Event], Iterator[Any]]
+
+#: Kinds of job that write into the labels layer when they end.
+WRITING_KINDS: tuple[JobKind, ...] = ("propagate",)
 
 
 class Progress(NamedTuple):
@@ -89,6 +102,9 @@ class Job:
     on_error : ``on_error(exception)`` before the runner reports a failure
         (asynchronous jobs; blocking jobs raise to the caller)
     on_finished : ``on_finished()`` last, always (main thread)
+    writes : True when the job writes into the labels layer when it ends (undo
+        and redo of that layer are held while it runs); None: when its kind is
+        in :data:`WRITING_KINDS`
     cancel : set when the job is cancelled
     """
 
@@ -101,8 +117,14 @@ class Job:
     on_result: Callable[[Any], None] | None = None
     on_error: Callable[[BaseException], None] | None = None
     on_finished: Callable[[], None] | None = None
+    writes: bool | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     id: int = -1
+
+    @property
+    def writes_labels(self) -> bool:
+        """True when this job writes into the labels layer when it ends."""
+        return self.kind in WRITING_KINDS if self.writes is None else bool(self.writes)
 
 
 class JobSink(Protocol):
@@ -259,6 +281,10 @@ class JobRunner:
         """True while a job of ``kind`` runs."""
         return any(job.kind == kind for job in self._active.values())
 
+    def writing(self) -> list[Job]:
+        """The running jobs that write into the labels layer when they end."""
+        return [job for job in self._active.values() if job.writes_labels]
+
     def cancel(self, kinds: Collection[JobKind] | None = None) -> bool:
         """Ask the running jobs (of ``kinds``) to stop; True if there was any.
 
@@ -352,3 +378,60 @@ class JobRunner:
                 job.on_finished()
         finally:
             self.state.jobs = tuple(s for s in self.state.jobs if s.id != job.id)
+
+
+class HistoryHold:
+    """Holds undo and redo of a Labels layer while a job will write into it.
+
+    While :meth:`JobRunner.writing` is not empty (checked whenever the
+    state's ``jobs`` change; a job leaves them only after its ``on_finished``,
+    i.e. after its write), ``layer.undo`` and ``layer.redo`` are replaced on
+    the layer instance, so napari's Ctrl+Z, the annotator's keys and scripts
+    calling ``labels_layer.undo()`` all get the same answer: nothing changes,
+    and a warning names the job and the way out. The layer's own methods are
+    back as soon as the last such job is done.
+
+    Parameters
+    ----------
+    state : the annotator's :class:`~napari_sam.annotation.state.AnnotatorState`
+    runner : its :class:`JobRunner`
+    layer : the Labels layer (duck-typed: ``undo``, ``redo``, ``name``)
+    say : ``say(text)``: a warning for the user
+
+    Attributes
+    ----------
+    active : True while undo and redo are held
+    refused : how many undo/redo calls were held so far
+    """
+
+    def __init__(self, state: AnnotatorState, runner: JobRunner, layer: Any,
+                 say: Callable[[str], None]) -> None:
+        self.runner, self.layer, self._say = runner, layer, say
+        self.active = False
+        self.refused = 0
+        self._titles: tuple[str, ...] = ()
+        self._undo = lambda: self._refuse("undo")
+        self._redo = lambda: self._refuse("redo")
+        state.events.jobs.connect(self.update)
+
+    def update(self, *args: Any) -> None:
+        """Hold or release, after the running jobs changed."""
+        writing = self.runner.writing()
+        if writing:
+            self._titles = tuple(job.title for job in writing)
+        if writing and not self.active:
+            self.active = True
+            self.layer.undo, self.layer.redo = self._undo, self._redo
+        elif not writing and self.active:
+            self.active = False
+            for name, mine in (("undo", self._undo), ("redo", self._redo)):
+                if vars(self.layer).get(name) is mine:  # someone else's stays
+                    delattr(self.layer, name)
+
+    def _refuse(self, what: str) -> None:
+        self.refused += 1
+        running = " and ".join(self._titles) or "a write"
+        name = getattr(self.layer, "name", "labels")
+        self._say(f"{what} of {name!r} waits: {running} writes into it when it ends (one undo "
+                  f"step); {what} works again then. To {what} now, press Cancel first (a "
+                  "propagation still writes what it computed, which Ctrl+Z then removes)")

@@ -6,17 +6,21 @@ annotator's :class:`~napari_sam.annotation.jobs.JobRunner`. It imports
 generator in a ``GeneratorWorker`` with a progress bar in napari's activity
 dock, and delivers every event to the runner on the main thread (Qt queued
 signals). Needs a running Qt event loop for the results to arrive.
+:func:`pump_events` lets Qt repaint in the middle of a long write on the
+main thread (the labels writer's ``pause``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from functools import partial
 from typing import Any
 
 from napari_sam.annotation.jobs import Failure, Job, JobSink, Progress, Status, caught
 
-__all__ = ["launch", "notify"]
+__all__ = ["launch", "notify", "pump_events"]
 
 logger = logging.getLogger("napari_sam")
 
@@ -31,6 +35,35 @@ def notify(viewer: Any, message: Any) -> None:
 
     getattr(logger, message.level)(message.text)
     {"info": show_info, "warning": show_warning, "error": show_error}[message.level](message.text)
+
+
+#: Seconds of main-thread work between two :func:`pump_events` that do something.
+PUMP_INTERVAL = 0.02
+_last_pump = [0.0]
+
+
+def pump_events() -> None:
+    """Let Qt repaint and run its timers and queued signals now, but no user input.
+
+    Called between the slices of a long write on the main thread (the
+    labels writer's ``pause``): the GUI keeps drawing, and a click or a key
+    press waits (Qt keeps it) until the write is done, so no paint stroke or
+    undo can come between the slices of one undo step. At most every
+    :data:`PUMP_INTERVAL` seconds; nothing without a Qt application or off the
+    main thread.
+    """
+    now = time.perf_counter()
+    if now - _last_pump[0] < PUMP_INTERVAL:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    from qtpy.QtCore import QCoreApplication, QEventLoop
+
+    app = QCoreApplication.instance()
+    if app is None:
+        return
+    app.processEvents(QEventLoop.ProcessEventsFlag.ExcludeUserInputEvents)
+    _last_pump[0] = time.perf_counter()
 
 
 def launch(job: Job, sink: JobSink) -> Any:

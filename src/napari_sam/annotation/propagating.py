@@ -10,19 +10,33 @@ between would end the group and split the step). :class:`PendingSlices` keeps
 them, shows each in a display layer (the preview) as it arrives, and writes
 all of them through a :class:`~napari_sam.labels.LabelsWriter` at the end:
 one undo step, recorded by napari's own history only.
+
+The heavy part of each slice is done in the job's worker thread:
+:func:`preparing` wraps the job's steps so that every ``SliceUpdate`` leaves
+the worker as :class:`Arrived`, with the masks already cropped to their
+bounding boxes; the main thread only copies them into the display layer
+(refreshed only when the slice is on screen) and, at the end, writes them
+slice by slice (the writer's ``pause`` lets the GUI repaint in between).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from napari_sam.labels import resolve_label_ids
+
 __all__ = [
     "STOP_LEVELS",
+    "Arrived",
     "PendingSlices",
     "choose_ids",
+    "place",
+    "prepare_update",
+    "preparing",
     "reach_summary",
     "seeds_from_slice",
     "stop_rule_options",
@@ -104,11 +118,18 @@ def choose_ids(
     ``label_id`` None: the ids of the last commit on this slice (``last_commit``)
     that are still there, else every id present. Returns ``(ids, problem)``;
     ``problem`` is a message when there is nothing (valid) to propagate.
+
+    Raises
+    ------
+    ValueError
+        ``label_id`` is not an int >= 1 or a sequence of distinct ones (2.5 and
+        ``"3"`` are refused, never truncated: :func:`~napari_sam.labels.resolve_label_ids`).
     """
     if label_id is None:
         ids = [i for i in (last_commit or ()) if i in present] or sorted(present)
     else:
-        ids = [int(label_id)] if np.isscalar(label_id) else [int(i) for i in label_id]
+        given = [label_id] if np.isscalar(label_id) else list(label_id)
+        ids = resolve_label_ids(given, len(given), None) if given else []
     missing = [i for i in ids if i not in present]
     if missing:
         return [], f"label(s) {missing} are not on this slice"
@@ -123,6 +144,78 @@ def seeds_from_slice(labels_slice: np.ndarray, ids: Sequence[int], z: int) -> di
     return {int(oid): {int(z): labels_slice == oid} for oid in ids}
 
 
+Crop = tuple[int, int, np.ndarray]  # (row0, col0, mask of the bounding box)
+
+
+@dataclass(frozen=True, eq=False)
+class Arrived:
+    """One propagated slice, prepared in the job's worker (:func:`prepare_update`).
+
+    Attributes
+    ----------
+    update : the ``SliceUpdate`` (``z``, ``masks``, ``records``)
+    crops : ``{object_id: (row0, col0, bounding-box mask)}`` of its non-empty masks
+    union : ``(Y, X)`` bool, every mask together, or None when all are empty
+    """
+
+    update: Any
+    crops: dict[int, Crop]
+    union: np.ndarray | None
+
+
+def place(crop: Crop, shape: tuple[int, int]) -> np.ndarray:
+    """The ``shape`` bool mask of a :data:`Crop`."""
+    r0, c0, box = crop
+    mask = np.zeros(shape, dtype=bool)
+    mask[r0:r0 + box.shape[0], c0:c0 + box.shape[1]] = box
+    return mask
+
+
+def _crop(mask: np.ndarray) -> Crop | None:
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not rows.size:
+        return None
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return int(r0), int(c0), mask[r0:r1, c0:c1].copy()
+
+
+def prepare_update(update: Any) -> Arrived:
+    """Crop the masks of one ``SliceUpdate`` (any thread: reads no layer)."""
+    crops: dict[int, Crop] = {}
+    union = None
+    for oid, mask in update.masks.items():
+        mask = np.asarray(mask, dtype=bool)
+        crop = _crop(mask)
+        if crop is not None:
+            crops[int(oid)] = crop
+            union = mask.copy() if union is None else union | mask
+    return Arrived(update, crops, union)
+
+
+def _is_update(value: Any) -> bool:
+    return not isinstance(value, (str, tuple)) and hasattr(value, "masks") and hasattr(
+        value, "z")
+
+
+def preparing(steps: Callable[[Any], Iterator[Any]]) -> Callable[[Any], Iterator[Any]]:
+    """A job's ``steps`` whose ``SliceUpdate`` values leave as :class:`Arrived` (prepared
+    in the worker); everything else, and the return value, pass unchanged."""
+
+    def run(cancel: Any) -> Iterator[Any]:
+        gen = steps(cancel)
+        try:
+            while True:
+                try:
+                    value = next(gen)
+                except StopIteration as stop:
+                    return stop.value
+                yield prepare_update(value) if _is_update(value) else value
+        finally:
+            gen.close()
+
+    return run
+
+
 class PendingSlices:
     """Propagated masks waiting to be written, shown in a display layer meanwhile.
 
@@ -134,6 +227,9 @@ class PendingSlices:
         ``data`` of the image's shape, ``refresh``), or None
     labels : the Labels layer the slices go to (duck-typed: ``data``), to show
         only the pixels a write will take (the background), or None
+    on_screen : ``on_screen(slice_index)`` -> True when that slice is the one on
+        screen (the display is refreshed only then; the others show when the user
+        goes there), or None: always refresh
 
     Attributes
     ----------
@@ -142,11 +238,13 @@ class PendingSlices:
     """
 
     def __init__(
-        self, lead: Index, ids: Sequence[int], *, display: Any = None, labels: Any = None
+        self, lead: Index, ids: Sequence[int], *, display: Any = None, labels: Any = None,
+        on_screen: Callable[[Index], bool] | None = None,
     ) -> None:
         self.lead = tuple(lead)
         self.display = display
         self.labels = labels
+        self.on_screen = on_screen
         self.written: dict[int, list[int]] = {int(i): [] for i in ids}
         self.records: list[Any] = []  # every SliceRecord, in arrival order
         # slice index -> {id: (row0, col0, mask of the bounding box)}
@@ -156,27 +254,24 @@ class PendingSlices:
         return len(self._slices)
 
     def add(self, update: Any) -> Index:
-        """Keep one ``SliceUpdate`` (``.z``, ``.masks``: ``{id: (Y, X) bool}``); show it.
-
-        Returns its slice index.
+        """Keep one ``SliceUpdate`` (``.z``, ``.masks``: ``{id: (Y, X) bool}``), or one
+        :class:`Arrived` (prepared in the worker); show it. Returns its slice index.
         """
+        arrived = update if isinstance(update, Arrived) else prepare_update(update)
+        update = arrived.update
         idx = self.index_of(int(update.z))
         self.records.extend(getattr(update, "records", {}).values())
         kept = self._slices.setdefault(idx, {})
-        shown = None
-        for oid, mask in update.masks.items():
-            mask = np.asarray(mask, dtype=bool)
+        for oid in update.masks:
             self.written.setdefault(int(oid), []).append(int(update.z))
-            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-            if rows.size:
-                r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-                kept[int(oid)] = (int(r0), int(c0), mask[r0:r1, c0:c1].copy())
-                shown = mask if shown is None else shown | mask
+        kept.update(arrived.crops)
+        shown = arrived.union
         if shown is not None and self.display is not None:
             if self.labels is not None:
                 shown = shown & (np.asarray(self.labels.data[idx]) == 0)
             self.display.data[idx] = np.where(shown, 1, self.display.data[idx])
-            self.display.refresh()
+            if self.on_screen is None or self.on_screen(idx):
+                self.display.refresh()
         return idx
 
     def index_of(self, z: int) -> Index:
@@ -188,12 +283,7 @@ class PendingSlices:
         """``(slice_index, {id: (Y, X) bool mask})`` of everything kept, in arrival order
         (one slice in memory at a time)."""
         for idx, objects in list(self._slices.items()):
-            masks = {}
-            for oid, (r0, c0, box) in objects.items():
-                mask = np.zeros(shape, dtype=bool)
-                mask[r0:r0 + box.shape[0], c0:c0 + box.shape[1]] = box
-                masks[oid] = mask
-            yield idx, masks
+            yield idx, {oid: place(crop, shape) for oid, crop in objects.items()}
 
     def flush(self, writer: Any, shape: tuple[int, int]) -> dict[int, int]:
         """Write every kept slice with ``writer`` (a

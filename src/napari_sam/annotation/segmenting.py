@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam.annotation.jobs import HistoryHold
 from napari_sam.annotation.preview import Preview, split_points
 from napari_sam.annotation.prompts import ObjectPrompt, SlicePrompts, decode_objects
 from napari_sam.annotation.slicing import apply_affine, nearest_index, world_slice_index
@@ -39,6 +40,11 @@ class Segmenter:
     prompts : its :class:`~napari_sam.annotation.prompt_layers.PromptLayers`
     writer : the :class:`~napari_sam.labels.LabelsWriter` of the labels layer
     events : napari ``EmitterGroup`` with ``segmented`` and ``committed``
+
+    Attributes
+    ----------
+    history : the :class:`~napari_sam.annotation.jobs.HistoryHold` of the labels
+        layer (undo and redo wait while a job will write into it)
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class Segmenter:
         self.prompts = prompts
         self.writer = writer
         self.events = events
+        self.history = HistoryHold(state, runner, layers.labels, partial(runner.post, "warning"))
 
     def _say(self, level: str, text: str) -> None:
         self.runner.post(level, text)
@@ -199,8 +206,8 @@ class Segmenter:
         """``"undone"`` / ``"redone"`` on the labels layer: a fresh status line, and the
         last commit forgotten when its objects are gone (propagation's default)."""
         idx = self.state.current_slice
-        if self.runner.closed or idx is None:
-            return
+        if self.runner.closed or idx is None or self.history.active:
+            return  # (held: the warning says why nothing changed)
         layer = self.layers.labels
         last = self.state.last_commit
         if last is not None:
@@ -232,7 +239,8 @@ class Segmenter:
             self._say("warning", f"nothing committed: {preview.empty_message(where)}")
             return []
         if label_id is not None and not np.isscalar(label_id):
-            given = [int(i) for i in label_id]
+            given = list(label_id)  # checked (2.5 or "3" refused, never truncated):
+            given = resolve_label_ids(given, len(given), None) if given else given
             if len(given) == preview.n_objects:  # ids of the objects committed
                 label_id = [given[i] for i in keep]
         self.layers.ensure_labels_shown()

@@ -6,17 +6,30 @@ results on the main thread: propagated slices are shown in the preview layer
 as they arrive and written into the labels as one undo step when the job
 ends; everything results go to the review layer until committed. It is given
 everything it uses (no host object).
+
+Big writes keep the GUI drawing: a propagation's slices are cropped in its
+worker (:func:`~napari_sam.annotation.propagating.preparing`), and a
+whole-stack "Commit everything" is a job (``"everything"``, progress and
+Cancel) whose worker finds, per slice, each object's box and which objects
+still have background under them; the main thread then only writes, slice by
+slice (the writer's ``pause`` between slices), as one undo step.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from napari_sam.annotation.jobs import Job, Progress
 from napari_sam.annotation.propagating import (
+    Crop,
     PendingSlices,
     choose_ids,
+    place,
+    preparing,
     reach_summary,
     seeds_from_slice,
 )
@@ -62,8 +75,11 @@ class StackActions:
         z_range: Any, options: dict, *, blocking: bool,
     ) -> Any:
         """See :meth:`napari_sam.Annotator.propagate` (``idx``: the seed slice)."""
-        if self.runner.running("propagate"):
-            self._say("warning", "a propagation is already running")
+        writing = self.runner.writing()  # one write into the labels at a time
+        if writing:
+            what = ("a propagation is already running" if writing[0].kind == "propagate" else
+                    f"{writing[0].title} is running; propagate when it is done")
+            self._say("warning", what)
             return None
         labels = self.layers.labels
         current = np.asarray(labels.data[idx])
@@ -77,11 +93,14 @@ class StackActions:
         lead = idx[:-1]
         job = propagation_job(self.embedder, lead, seeds_from_slice(current, ids, idx[-1]), cl,
                               ids=ids, direction=direction, z_range=z_range, options=options)
-        pending = PendingSlices(lead, ids, display=self.layers.preview, labels=labels)
+        job.steps = preparing(job.steps)  # masks cropped in the worker
+        pending = PendingSlices(lead, ids, display=self.layers.preview, labels=labels,
+                                on_screen=lambda i: i == self.state.current_slice)
 
-        def arrived(update: Any) -> None:
+        def arrived(value: Any) -> None:
+            update = getattr(value, "update", value)  # an Arrived, prepared in the worker
             self.events.propagation_step(  # records and masks: the review of doubtful slices
-                slice_index=pending.add(update), masks=update.masks,
+                slice_index=pending.add(value), masks=update.masks,
                 records=tuple(getattr(update, "records", {}).values()))
 
         def finished() -> None:  # also after a cancel, an error or close: nothing is lost
@@ -131,8 +150,9 @@ class StackActions:
         self._say("status", f"everything: {n} object(s) {where}; review, then "
                   "'Commit everything'")
 
-    def commit_everything(self, overwrite: bool = False) -> list[int]:
-        """See :meth:`napari_sam.Annotator.commit_everything`."""
+    def commit_everything(self, overwrite: bool = False, *, blocking: bool = True) -> Any:
+        """See :meth:`napari_sam.Annotator.commit_everything`; a whole-stack result runs as
+        a job (``blocking=False``: in a worker, returns its handle)."""
         pending, layer = self.state.everything, self.layers.everything
         if pending is None or layer is None:
             self._say("warning", "nothing to commit: run 'Everything' first")
@@ -140,47 +160,141 @@ class StackActions:
         if self.runner.running("propagate"):
             self._say("warning", "a propagation is running; commit when it is done")
             return []
+        if pending.stack:
+            return self._commit_stack(pending, layer, blocking)
         index = pending.index
-        found = np.asarray(layer.data[index])  # (Y, X), or (Z, Y, X) for a stack
+        found = np.asarray(layer.data[index])  # (Y, X)
         objects = [int(i) for i in np.unique(found) if i != 0]
         if not objects:
-            where = "in this stack" if pending.stack else f"on {self.layers.where(index)}"
-            self._say("warning", f"the everything layer has no objects {where}")
+            self._say("warning", f"the everything layer has no objects on "
+                      f"{self.layers.where(index)}")
             return []
         self.layers.ensure_labels_shown()
         labels = self.layers.labels
-        if pending.stack:  # 3D objects, one id each, existing labels always kept
-            free = np.asarray(labels.data[index]) == 0
-            covered = len(objects)
-            objects = [int(i) for i in np.unique(found[free]) if i != 0]  # not covered whole
-            covered -= len(objects)
-            if not objects:
-                self._clear_everything(layer, index)
-                self._say("warning", f"all {covered} object(s) of everything lie under "
-                          "existing labels: nothing was committed")
-                return []
-            ids = resolve_label_ids(None, len(objects), labels.data)
-            new_id = dict(zip(objects, ids))
-            slices = (((*index, z), {new_id[int(o)]: found[z] == o
-                                     for o in np.unique(found[z]) if int(o) in new_id})
-                      for z in range(found.shape[0]))
-            pixels = self.writer.write_slices(slices, label_ids=ids)
-            written = [i for i in ids if pixels.get(i)]
-            left_out = f"; {covered} under existing labels left out" if covered else ""
-            where = f"3D object(s) from everything (one undo step){left_out}"
-            at = (*index, 0)
-        else:
-            ids = resolve_label_ids(None, len(objects), labels.data)
-            result = self.writer.write_objects([found == o for o in objects], index, ids,
-                                               overwrite=overwrite)
-            written = result.written
-            where, at = f"object(s) from everything on {self.layers.where(index)}", index
+        ids = resolve_label_ids(None, len(objects), labels.data)
+        result = self.writer.write_objects([found == o for o in objects], index, ids,
+                                           overwrite=overwrite)
+        written = result.written
         self._clear_everything(layer, index)
-        self._say("status", f"committed {len(written)} {where}")
-        self.events.committed(slice_index=at, label_ids=written)
+        self._say("status", f"committed {len(written)} object(s) from everything on "
+                  f"{self.layers.where(index)}")
+        self.events.committed(slice_index=index, label_ids=written)
         return written
 
-    def _clear_everything(self, layer: Any, index: Index) -> None:
-        layer.data[index] = 0
+    def _commit_stack(self, pending: EverythingResult, layer: Any, blocking: bool) -> Any:
+        """Commit a whole-stack result: 3D objects, one id each, existing labels kept."""
+        if self.runner.running("everything"):
+            self._say("warning", "an everything job is running (or committing); commit when "
+                      "it is done")
+            return []
+        index, labels = pending.index, self.layers.labels
+        job = Job("everything", "committing everything (the stack)",
+                  _stack_plan_steps(layer.data, labels.data, index),
+                  total=self.layers.geometry.lead_shape[-1], writes=True)
+        out: list[int] = []
+
+        def write(plan: StackPlan | None) -> None:
+            if plan is None:
+                self._say("info", "commit everything cancelled: nothing was written")
+                return
+            if not plan.n_objects:
+                self._say("warning", "the everything layer has no objects in this stack")
+                return
+            out.extend(self._write_stack(pending, layer, plan))
+
+        job.on_result = write
+        handle = self.runner.run(job, blocking=blocking)
+        return out if blocking else handle
+
+    def _write_stack(self, pending: EverythingResult, layer: Any, plan: StackPlan) -> list[int]:
+        """Write a prepared whole-stack result (main thread), slice by slice, one step."""
+        index, labels = pending.index, self.layers.labels
+        objects = sorted(plan.free)  # the others lie wholly under existing labels
+        covered = plan.n_objects - len(objects)
+        if not objects:
+            self._clear_everything(layer, index, pending, plan.slices)
+            self._say("warning", f"all {covered} object(s) of everything lie under "
+                      "existing labels: nothing was committed")
+            return []
+        self.layers.ensure_labels_shown()
+        ids = resolve_label_ids(None, len(objects), labels.data)
+        new_id = dict(zip(objects, ids))
+        shape = self.layers.geometry.slice_shape
+        slices = (((*index, z), {new_id[o]: place(crop, shape) for o, crop in crops.items()
+                                 if o in new_id})
+                  for z, crops in sorted(plan.slices.items()))
+        pixels = self.writer.write_slices(slices, label_ids=ids)
+        written = [i for i in ids if pixels.get(i)]
+        self._clear_everything(layer, index, pending, plan.slices)
+        left_out = f"; {covered} under existing labels left out" if covered else ""
+        self._say("status", f"committed {len(written)} 3D object(s) from everything (one undo "
+                  f"step){left_out}")
+        self.events.committed(slice_index=(*index, 0), label_ids=written)
+        return written
+
+    def _clear_everything(self, layer: Any, index: Index, pending: Any = None,
+                          slices: Any = None) -> None:
+        """Clear the review layer at ``index`` (only the ``slices`` along z that hold
+        objects, the GUI drawn in between), unless another result is shown now."""
+        if pending is not None and self.state.everything is not pending:
+            return
+        if slices is None:
+            layer.data[index] = 0
+        else:
+            pause = getattr(self.writer, "pause", None)
+            for z in slices:
+                layer.data[(*index, z)] = 0
+                if callable(pause):
+                    pause()
         layer.refresh()
         self.state.everything = None
+
+
+class StackPlan:
+    """A whole-stack everything result prepared for writing (in a worker).
+
+    Attributes
+    ----------
+    slices : ``{z: {object: crop}}``, each object's bounding-box mask per slice
+    free : the objects with background pixels of the labels under them
+    n_objects : every object of the result
+    """
+
+    def __init__(self) -> None:
+        self.slices: dict[int, dict[int, Crop]] = {}
+        self.free: set[int] = set()
+        self.objects: set[int] = set()
+
+    @property
+    def n_objects(self) -> int:
+        """Objects in the result."""
+        return len(self.objects)
+
+
+def _stack_plan_steps(found: Any, labels: Any, index: Index) -> Any:
+    """The steps of the commit job: read the result and the labels slice by slice (no
+    layer, only their arrays), return a :class:`StackPlan`, or None when cancelled."""
+
+    def steps(cancel: threading.Event) -> Iterator[Any]:
+        from scipy import ndimage as ndi
+
+        plan = StackPlan()
+        n = int(found.shape[len(index)])
+        for z in range(n):
+            if cancel.is_set():
+                return None
+            f = np.asarray(found[(*index, z)])
+            if f.any():
+                free = np.asarray(labels[(*index, z)]) == 0
+                plan.free.update(int(i) for i in np.unique(f[free & (f != 0)]))
+                boxes = ndi.find_objects(f.astype(np.int64, copy=False), max_label=int(f.max()))
+                crops = {}
+                for o in np.unique(f[f != 0]).tolist():
+                    box = boxes[o - 1]
+                    crops[o] = (box[0].start, box[1].start, f[box] == o)
+                plan.slices[z] = crops
+                plan.objects.update(crops)
+            yield Progress(z + 1, n)
+        return plan
+
+    return steps

@@ -30,12 +30,26 @@ What napari 0.9.2 does (``napari/layers/labels/labels.py``):
   first (``layer.data = upcast``, which keeps the undo history).
 * ``data_setitem`` ignores ``layer.preserve_labels``; keeping existing labels
   is the job of ``overwrite=False`` here. Dask-backed layers are read-only.
+* ``data_setitem(..., refresh=True)`` (the default) uploads the changed box of
+  the slice on screen to the GPU after every call, whatever slice was
+  written: 50 ms per call for a 1024x1024 slice in a real viewer, 4 s for
+  an 80-object propagation. :class:`LayerWriter` passes ``refresh=False`` and
+  shows the changes once when the step ends (``_partial_labels_refresh``, as
+  napari's own batch painting does).
+
+Big writes (a propagation through 60 slices, a whole-stack "Commit
+everything") are applied slice by slice: :class:`LayerWriter`'s ``pause``
+is called between slices, inside the one undo step, so that the GUI can
+repaint (the annotator passes
+:func:`~napari_sam.annotation.napari_worker.pump_events`, which lets Qt run
+everything but user input: a click or key waits until the write is done, so
+nothing can come between the slices of the step).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -211,7 +225,9 @@ class LabelsWriter(ABC):
         shape = tuple(int(s) for s in self.data.shape)
         pixels: dict[int, int] = {}
         with self.group():
-            for idx, masks in pairs:
+            for n, (idx, masks) in enumerate(pairs):
+                if n:
+                    self._between_slices()
                 for oid, mask in masks.items():
                     if int(oid) not in ids:
                         raise ValueError(f"label id {oid} is not in label_ids {sorted(ids)}")
@@ -222,6 +238,9 @@ class LabelsWriter(ABC):
                         self._perform(edit)
                         pixels[int(oid)] = pixels.get(int(oid), 0) + edit.n_pixels
         return pixels
+
+    def _between_slices(self) -> None:  # noqa: B027 - a hook, nothing by default
+        """Called between two slices of :meth:`write_slices` (inside the undo step)."""
 
     def replace_object(
         self, mask: Any, slice_index: Index, label_id: int
@@ -269,12 +288,16 @@ class LayerWriter(LabelsWriter):
     Parameters
     ----------
     layer : napari ``Labels`` (duck-typed: ``data``, ``data_setitem``,
-        ``block_history``)
+        ``block_history``, ``refresh``)
+    pause : called between the slices of :meth:`~LabelsWriter.write_slices`
+        (inside its undo step), e.g. to let the GUI repaint; None: never
     """
 
-    def __init__(self, layer: Any) -> None:
+    def __init__(self, layer: Any, pause: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.layer = layer
+        self.pause = pause
+        self._changed = False
 
     @property
     def data(self) -> Any:
@@ -285,7 +308,21 @@ class LayerWriter(LabelsWriter):
         self.layer.data = data  # napari keeps the undo history
 
     def _perform(self, edit: LabelEdit) -> None:
-        self.layer.data_setitem(edit.indices, edit.value)
+        self.layer.data_setitem(edit.indices, edit.value, refresh=False)  # shown at the end
+        self._changed = True
+
+    def _between_slices(self) -> None:
+        if self.pause is not None:
+            self.pause()
+
+    def _show(self) -> None:
+        """Show what the step wrote: one partial refresh (napari's batch painting does the
+        same), else a full refresh."""
+        if not self._changed:
+            return
+        self._changed = False
+        partial = getattr(self.layer, "_partial_labels_refresh", None)
+        (partial if callable(partial) else self.layer.refresh)()
 
     @contextmanager
     def _step(self) -> Iterator[None]:
@@ -295,6 +332,7 @@ class LayerWriter(LabelsWriter):
                 yield
             except BaseException as err:  # leave the block normally: its edits are one step
                 error = err
+        self._show()
         if error is not None:
             raise error
 
