@@ -20,7 +20,7 @@ annotator's evented state (:class:`~napari_sam.annotation.state.AnnotatorState`)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -47,11 +47,14 @@ from napari_sam._qt.hover import HoverPreview
 from napari_sam._qt.job_panel import JobPanel
 from napari_sam._qt.key_bindings import KEY_BINDINGS, bind_annotator_keys, key_layers
 from napari_sam._qt.model_selector import ModelSelector
+from napari_sam._qt.options_panel import OptionsPanel, Overrides
 from napari_sam._qt.review_panel import ReviewPanel
 from napari_sam._qt.similar_panel import SimilarPanel
+from napari_sam._qt.tips import BATCH_TIP, NORMALIZATION_TIP, STOP_TIP
 from napari_sam._qt.tracking_menu import AxisMenu
 from napari_sam.annotation.actions import ACTIONS, Action, Choices, action, key_for
 from napari_sam.cache import DEFAULT_CACHE_SIZE, EmbeddingCache
+from napari_sam.everything import EverythingStackParams
 from napari_sam.model.registry import DEFAULT_MODEL
 
 __all__ = ["NEW_LABELS", "NORMALIZATION_ITEMS", "AnnotatorWidget"]
@@ -64,26 +67,6 @@ NORMALIZATION_ITEMS = (("robust (whole image)", "robust"),
 #: Learn-from-labels menu: (text, Annotator.adapt objects).
 ADAPT_ITEMS = (("all objects of the labels layer", "all"),
                ("objects committed in this session", "session"))
-
-BATCH_TIP = (
-    "Several positive points normally refine ONE object (SAM's convention: add points "
-    "to the same nucleus to fix its outline). Tick this to make every positive point its "
-    "own object, e.g. to click three nuclei at once ({key})"
-)
-NORMALIZATION_TIP = (
-    "How slice intensities are scaled for the model. robust (whole image): one range for "
-    "the whole image (0.5-99.8 percentiles), independent of the display: recommended, "
-    "with napari's default contrast limits (min-max) the bundled model loses 0.02-0.10 "
-    "mean IoU, and a display window that clips the objects makes it fail. display "
-    "contrast limits: the layer's contrast limits (changing them re-embeds)"
-)
-STOP_TIP = (
-    "When propagation stops following an object through z. Middle: the model's "
-    "recommendation. Towards 'earlier': stricter (stops at the first dimming, low score "
-    "or sudden change); towards 'later': follows objects further into dim or changing "
-    "slices (the fade, score and IoU thresholds move by 0.1 per step)"
-)
-
 
 class AnnotatorWidget(QWidget):
     """SAM annotation dock widget.
@@ -116,8 +99,6 @@ class AnnotatorWidget(QWidget):
         self.extra_keys = ExtraKeys(self.choices)  # refine key, scribble layer (issue 19)
         self.hover = HoverPreview(napari_viewer, parent=self)
         self.buttons: dict[str, QPushButton] = {}
-        #: extra keyword arguments of napari_sam.everything.segment_everything
-        self.everything_params: dict[str, Any] = {}
         self._opening = False
         self._docked = False
         self._closed = False
@@ -181,7 +162,7 @@ class AnnotatorWidget(QWidget):
         layout.addWidget(prompts)
 
         actions = self._button_box("actions", layout)
-        grid = actions.layout()
+        grid = _grid(actions)
         self.direction_combo = QComboBox(actions)
         self.direction_combo.addItems(["both", "up", "down"])
         self.direction_combo.setToolTip("Propagate towards both ends, higher z (up) or lower z")
@@ -209,9 +190,12 @@ class AnnotatorWidget(QWidget):
             "Segment every slice of the stack (z, at this time point) and link the objects "
             "through z; 'Commit everything' then commits 3D objects (one undo step)"
         )
-        box.layout().addWidget(self.stack_check, box.layout().rowCount(), 0, 1, 2)
+        _add_row(box, self.stack_check)
+        # everything mode's options, generated from the fields of EverythingStackParams
+        self.everything_options = OptionsPanel(EverythingStackParams, "options", model, box)
+        _add_row(box, self.everything_options)
         self.similar_panel = SimilarPanel(box)  # the threshold of "find all like this"
-        box.layout().addWidget(self.similar_panel, box.layout().rowCount(), 0, 1, 2)
+        _add_row(box, self.similar_panel)
         self.everything_box = box
         self.review_panel = ReviewPanel(self, self.run_action)
         layout.addWidget(self.review_panel)
@@ -224,7 +208,7 @@ class AnnotatorWidget(QWidget):
             "weights, holds about 20 % of the objects back, and uses the adapted model for "
             "this image only when it segments those better"
         )
-        learn.layout().addWidget(self.adapt_combo, 0, 1)
+        _grid(learn).addWidget(self.adapt_combo, 0, 1)
         self._button_box("files", layout, title="prompt files")
 
         self.jobs = JobPanel(self, cancel=lambda: self.run_action("cancel"))
@@ -379,6 +363,7 @@ class AnnotatorWidget(QWidget):
         self._unbind = bind_annotator_keys(ann, self.choices)
         self._observe_extras(ann)
         self.model_selector.set_model(ann.model)
+        self.everything_options.set_model(ann.model)
         ann.embed_in_background()  # start embedding the slice on screen
 
     def _close_annotator(self, hide: bool = False) -> None:
@@ -439,6 +424,15 @@ class AnnotatorWidget(QWidget):
             button.setEnabled(on if name != "cancel" else on and self.annotator.busy)
 
     # ----------------------------------------------------------- actions
+    @property
+    def everything_params(self) -> Overrides:
+        """Everything mode's options set in the panel or by a script (others: defaults)."""
+        return self.everything_options.overrides
+
+    @everything_params.setter
+    def everything_params(self, values: Mapping[str, Any]) -> None:
+        self.everything_options.overrides.replace(values)
+
     @property
     def normalization(self) -> str:
         """The chosen intensity range mode (``"robust"`` or ``"display"``)."""
@@ -527,6 +521,7 @@ class AnnotatorWidget(QWidget):
         """The annotator switched model itself (an adapted one): the menu follows."""
         self.model_selector.refresh()
         self.model_selector.set_model(model)
+        self.everything_options.set_model(model)
 
     def _on_active_layer(self, event: Any = None) -> None:
         """Say which layers take the keys when the user selects another one."""
@@ -569,6 +564,19 @@ class AnnotatorWidget(QWidget):
             elif self._docked:
                 self.close_annotator()
         return super().event(event)
+
+
+def _grid(box: QWidget) -> QGridLayout:
+    """The grid of a box made by :meth:`AnnotatorWidget._button_box`."""
+    grid = box.layout()
+    assert isinstance(grid, QGridLayout)
+    return grid
+
+
+def _add_row(box: QWidget, widget: QWidget) -> None:
+    """``widget`` on a new row of a button box, across both columns."""
+    grid = _grid(box)
+    grid.addWidget(widget, grid.rowCount(), 0, 1, 2)
 
 
 def _is_helper(layer: Any) -> bool:

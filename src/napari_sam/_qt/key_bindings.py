@@ -86,7 +86,7 @@ def bind_annotator_keys(
 
     choices = choices or Choices
     layers = key_layers(annotator, image)
-    bound: list[tuple[Any, str, Any, Any]] = []
+    bound: list[tuple[Any, Any, Any, Any]] = []  # (layer, key, handler, before)
     for layer in layers:
         for action in KEY_BINDINGS:
             handler = _guarded(annotator, action, choices)

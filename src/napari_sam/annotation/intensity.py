@@ -8,10 +8,9 @@ the GUI thread) and used for every slice, whatever the display shows.
 ``"display"``: the image layer's contrast limits at the time of the call
 (re-embedding whenever they change).
 
-Why robust is the default: with napari's default contrast limits (the data's
-min-max) the bundled model loses 0.02-0.10 mean IoU over the stress
-conditions of docs/bundled_model.md compared with the robust range, and a
-display window that clips the objects makes it fail entirely.
+Why robust is the default: napari's default contrast limits (the data's
+min-max) and display windows that clip the objects cost the bundled model
+quality (measured in docs/napari.md, "Intensity range").
 
 The cache keys of embeddings hold a *token*: :data:`ROBUST` in robust mode
 (the numbers may not be known yet), the display limits in display mode;
@@ -23,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -50,7 +49,8 @@ def sample_view(source: Any, rgb: bool = False, max_pixels: int = 1_000_000) -> 
     if step <= 1:
         return source
     stride = (slice(None, None, step), slice(None, None, step))
-    return source[(Ellipsis, *stride, slice(None))] if rgb else source[(Ellipsis, *stride)]
+    index = (Ellipsis,) + tuple(stride) + ((slice(None),) if rgb else ())
+    return source[index]
 
 
 def check_normalization(mode: Any) -> str:
@@ -128,7 +128,7 @@ class IntensityRange:
         """``(low, high)`` of a token from :meth:`token` (any thread)."""
         if token == ROBUST:
             return self.robust()
-        low, high = token  # type: ignore[misc]
+        low, high = cast("tuple[float, float]", token)
         return (float(low), float(high))
 
     def needs_measuring(self, token: Hashable) -> bool:

@@ -16,9 +16,9 @@ message.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from psygnal import evented
+from psygnal import SignalGroupDescriptor
 
 __all__ = ["AnnotatorState", "Commit", "EverythingResult", "JobStatus", "Message"]
 
@@ -96,7 +96,6 @@ class Message:
     text: str
 
 
-@evented
 @dataclass(eq=False)
 class AnnotatorState:
     """Everything the annotator shows or remembers between user actions.
@@ -116,6 +115,9 @@ class AnnotatorState:
     model : the model in use (registry name, checkpoint path, or an adapted model's
         path / name)
     """
+
+    #: one signal per field (psygnal's evented dataclass, declared so that it is typed)
+    events: ClassVar[SignalGroupDescriptor] = SignalGroupDescriptor()
 
     preview: Any = None
     jobs: tuple[JobStatus, ...] = ()
