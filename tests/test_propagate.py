@@ -761,6 +761,18 @@ def test_low_scores_are_judged_against_the_keyframe_score():
     # a confident keyframe keeps score_threshold as it is: test_low_score_stops
 
 
+def test_keyframe_scores_embed_each_slice_once():
+    labels = _cylinder(0, Z - 1, centre=(16, 16), radius=8)
+    labels[_cylinder(0, Z - 1, centre=(46, 46), radius=8) == 1] = 2
+    image = _image(labels)
+    oracle = _Underconfident(labels, image)
+    seeds = {1: {10: labels[10] == 1}, 2: {10: labels[10] == 2, 16: labels[16] == 2}}
+    result = propagate(image, seeds, oracle)
+    assert _extent(result.mask_or_labels == 1) == (8, 12)
+    assert len(oracle.embedded) == len(set(oracle.embedded))
+    assert 10 in oracle.embedded  # the keyframe, once for both objects
+
+
 @pytest.mark.parametrize("name", ["fade_step", "keyframe_score_share"])
 @pytest.mark.parametrize("bad", [-0.1, 1.0, "0.4"])
 def test_shares_are_checked(name, bad):

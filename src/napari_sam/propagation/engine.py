@@ -372,8 +372,13 @@ class Engine:
 
     def _trim_cache(self) -> None:
         fronts = self.alive()
+        # keyframes whose score a front may still ask for (keyframe_score_share)
+        keyframes = {f.keyframe for f in fronts
+                     if (f.object_id, f.keyframe) not in self.keyframe_scores}
+        if self.options.keyframe_score_share <= 0:
+            keyframes = set()
         for z in list(self.cache):
-            if not any(f.may_visit(z) for f in fronts):
+            if z not in keyframes and not any(f.may_visit(z) for f in fronts):
                 del self.cache[z]
         while len(self.cache) > MAX_CACHED_EMBEDDINGS:
             self.cache.popitem(last=False)
@@ -479,28 +484,37 @@ class Engine:
         for f in item.fronts:
             key = (f.object_id, f.keyframe)
             if key not in self.keyframe_scores:
-                self.keyframe_scores[key] = self._keyframe_score(f)
+                self._keyframe_scores(f.keyframe)
             best = max(best, self.keyframe_scores[key])
         return share * best
 
-    def _keyframe_score(self, front: _Front) -> float:
-        """The model's score for the object on its keyframe, prompted as a neighbour
-        would be (from the keyframe mask itself); 0 when no prompt can be built."""
-        seed = self.seeds[front.object_id].get(front.keyframe)
-        if seed is None:
-            return 0.0
-        prompt = build_prompt(seed, self.options.prompts)
-        if prompt is None:
-            return 0.0
-        emb = self.embedding(front.keyframe)
-        pred = self.predictor.predict_objects(emb, [prompt], multimask=[prompt.multimask])[0]
-        candidates = np.asarray(pred.masks, dtype=bool)
-        if candidates.ndim == 2:
-            candidates = candidates[None]
-        scores = np.atleast_1d(np.asarray(pred.scores, dtype=np.float64))
-        overlaps = [iou(c, seed) for c in candidates]
-        k = max(range(len(scores)), key=lambda i: (overlaps[i], scores[i]))
-        return float(scores[k])
+    def _keyframe_scores(self, z: int) -> None:
+        """The model's score for every object with a keyframe on slice ``z``, prompted as
+        a neighbour would be (from the keyframe mask itself; 0 without a prompt), in one
+        batch: the slice is embedded once for all of them."""
+        objects, prompts = [], []
+        for oid, frames in self.seeds.items():
+            if z in frames and (oid, z) not in self.keyframe_scores:
+                prompt = build_prompt(frames[z], self.options.prompts)
+                if prompt is None:
+                    self.keyframe_scores[oid, z] = 0.0
+                else:
+                    objects.append(oid)
+                    prompts.append(prompt)
+        if not prompts:
+            return
+        predictions = self.predictor.predict_objects(
+            self.embedding(z), prompts, multimask=[p.multimask for p in prompts]
+        )
+        for oid, pred in zip(objects, predictions):
+            candidates = np.asarray(pred.masks, dtype=bool)
+            if candidates.ndim == 2:
+                candidates = candidates[None]
+            scores = np.atleast_1d(np.asarray(pred.scores, dtype=np.float64))
+            seed = self.seeds[oid][z]
+            overlaps = [iou(c, seed) for c in candidates]
+            k = max(range(len(scores)), key=lambda i: (overlaps[i], scores[i]))
+            self.keyframe_scores[oid, z] = float(scores[k])
 
     def _judge(self, z: int, item: _Item, pred: Any) -> tuple[SliceRecord, np.ndarray | None]:
         opts = self.options
