@@ -18,7 +18,7 @@ slice (the writer's ``pause`` between slices), as one undo step.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -243,7 +243,8 @@ class StackActions:
         else:
             pause = getattr(self.writer, "pause", None)
             for z in slices:
-                layer.data[(*index, z)] = 0
+                at = (*index, z)  # (mypy refuses a starred index inside [] under 3.10)
+                layer.data[at] = 0
                 if callable(pause):
                     pause()
         layer.refresh()
@@ -275,7 +276,7 @@ def _stack_plan_steps(found: Any, labels: Any, index: Index) -> Any:
     """The steps of the commit job: read the result and the labels slice by slice (no
     layer, only their arrays), return a :class:`StackPlan`, or None when cancelled."""
 
-    def steps(cancel: threading.Event) -> Iterator[Any]:
+    def steps(cancel: threading.Event) -> Generator[Any, None, StackPlan | None]:
         from scipy import ndimage as ndi
 
         plan = StackPlan()
@@ -283,9 +284,10 @@ def _stack_plan_steps(found: Any, labels: Any, index: Index) -> Any:
         for z in range(n):
             if cancel.is_set():
                 return None
-            f = np.asarray(found[(*index, z)])
+            at = (*index, z)
+            f = np.asarray(found[at])
             if f.any():
-                free = np.asarray(labels[(*index, z)]) == 0
+                free = np.asarray(labels[at]) == 0
                 plan.free.update(int(i) for i in np.unique(f[free & (f != 0)]))
                 boxes = ndi.find_objects(f.astype(np.int64, copy=False), max_label=int(f.max()))
                 crops = {}

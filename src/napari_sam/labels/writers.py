@@ -32,10 +32,10 @@ What napari 0.9.2 does (``napari/layers/labels/labels.py``):
   is the job of ``overwrite=False`` here. Dask-backed layers are read-only.
 * ``data_setitem(..., refresh=True)`` (the default) uploads the changed box of
   the slice on screen to the GPU after every call, whatever slice was
-  written: 50 ms per call for a 1024x1024 slice in a real viewer, 4 s for
-  an 80-object propagation. :class:`LayerWriter` passes ``refresh=False`` and
-  shows the changes once when the step ends (``_partial_labels_refresh``, as
-  napari's own batch painting does).
+  written (slow for large slices and many objects: docs/architecture.md,
+  "The path of a propagation"). :class:`LayerWriter` passes ``refresh=False``
+  and shows the changes once when the step ends (``_partial_labels_refresh``,
+  as napari's own batch painting does).
 
 Big writes (a propagation through 60 slices, a whole-stack "Commit
 everything") are applied slice by slice: :class:`LayerWriter`'s ``pause``
