@@ -501,7 +501,7 @@ class Annotator(BeyondClicks):
     def _on_image_data(self, event: Any = None) -> None:
         uid = self.embedder.layer_key
         self.intensity.forget()
-        self.cache.discard_where(lambda key: key[0] == uid)
+        self.cache.discard_where(lambda key: isinstance(key, tuple) and key[0] == uid)
 
     # ========================================================== stack work
     def propagate(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any
 
@@ -167,7 +167,7 @@ class Adapter:
 
     def _steps(self, images: list, planes: list, leads: list[Index], cl: Any,
                model_key: Any, ids: Any, save_as: str | None, options: dict,
-               cancel: threading.Event) -> Iterator[Any]:
+               cancel: threading.Event) -> Generator[Any, Any, Any]:
         from napari_sam.adaptation import Cancelled, SaveError, adapted_model_path
         from napari_sam.annotation.stack_jobs import adapt_job
 

@@ -23,7 +23,7 @@ store, and lazily (tiles on first use) when it is kept in memory only.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Generator, Hashable
 from functools import partial
 from typing import Any
 
@@ -113,6 +113,7 @@ class SliceEmbedder:
         return self._model_key
 
     def _set_model_key(self) -> None:
+        self._model_key: tuple[Any, ...]
         if self._predictor is not None:
             self._model_key = ("predictor", id(self._predictor))
         else:
@@ -134,9 +135,9 @@ class SliceEmbedder:
             self._precision = precision if precision is not None else self._precision
             self._predictor = predictor
             self._set_model_key()
-        self.cache.discard_where(lambda key: key[3] == old)
+        self.cache.discard_where(lambda key: isinstance(key, tuple) and key[3] == old)
 
-    def loading(self) -> Iterator[Any]:
+    def loading(self) -> Generator[Any, Any, Any]:
         """Job steps: load the model (saying so first when it is not loaded yet).
 
         Yields a :class:`~napari_sam.annotation.jobs.Status` and ``"model loaded"``;
@@ -171,7 +172,7 @@ class SliceEmbedder:
             return (float(low), float(high))
         return self.intensity.resolve(cl)
 
-    def measuring(self, cl: Any) -> Iterator[Any]:
+    def measuring(self, cl: Any) -> Generator[Any, Any, Any]:
         """Job steps: resolve ``cl``, saying so when the image must be read first."""
         if self.intensity is not None and self.intensity.needs_measuring(cl):
             yield Status("measuring the intensity range of the image")
@@ -203,7 +204,7 @@ class SliceEmbedder:
         compute = partial(self._embed, predictor, image, cl)
         link = self.store
         store = None if link is None else link.store_for(predictor, cl, self._model_key)
-        if store is None:
+        if link is None or store is None:
             return compute()
         return link.embedding(store, idx, image, predictor, compute, self._embed_lock)
 
@@ -262,7 +263,7 @@ class SliceEmbedder:
         job.on_finished = finished
         return self.runner.run(job, blocking=False)
 
-    def _steps(self, idx: Index, cl: Limits, cancel: threading.Event) -> Iterator[Any]:
+    def _steps(self, idx: Index, cl: Limits, cancel: threading.Event) -> Generator[Any, Any, Any]:
         yield from self.loading()
         yield from self.measuring(cl)
         if not self.is_cached(idx, cl):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,17 @@ from napari_sam.annotation.review import PropagationReview
 from napari_sam.annotation.scribbling import Scribbles
 from napari_sam.annotation.similar_jobs import SimilarObjects
 from napari_sam.annotation.tracking import Tracker
+
+if TYPE_CHECKING:
+    from napari_sam.annotation.embedder import SliceEmbedder
+    from napari_sam.annotation.jobs import JobRunner
+    from napari_sam.annotation.layer_set import AnnotatorLayers
+    from napari_sam.annotation.prompt_layers import PromptLayers
+    from napari_sam.annotation.segmenting import Segmenter
+    from napari_sam.annotation.slicing import ImageGeometry
+    from napari_sam.annotation.stack import StackActions
+    from napari_sam.annotation.state import AnnotatorState, Level
+    from napari_sam.labels.writers import LayerWriter
 
 __all__ = ["BeyondClicks"]
 
@@ -33,6 +44,28 @@ class BeyondClicks:
     ``prompt_layers``, ``segmenter``, ``stack``, ``writer``, ``events`` and
     ``viewer``.
     """
+
+    if TYPE_CHECKING:  # the host's (napari_sam.Annotator's) parts and helpers
+        viewer: Any
+        events: Any
+        state: AnnotatorState
+        runner: JobRunner
+        embedder: SliceEmbedder
+        layers: AnnotatorLayers
+        geometry: ImageGeometry
+        prompt_layers: PromptLayers
+        segmenter: Segmenter
+        stack: StackActions
+        writer: LayerWriter
+        points_layer: Any
+        shapes_layer: Any
+        positive: bool
+        _closed: bool
+
+        def _say(self, level: Level, text: str) -> None: ...
+        def _limits(self) -> Any: ...
+        def _resolve_slice(self, slice_index: Any) -> tuple[int, ...] | None: ...
+        def _on_prompts_changed(self, event: Any = None) -> None: ...
 
     # ------------------------------------------------------------------ parts
     @cached_property
@@ -103,8 +136,9 @@ class BeyondClicks:
     def _after_segmented(self, event: Any = None) -> None:
         preview = self.state.preview
         notes = [p.note for p in getattr(preview, "prompts", ()) if getattr(p, "note", "")]
-        if self.refiner.owns(preview):
-            notes.insert(0, f"refining label {self.refiner.session.label_id}: Commit replaces "
+        session = self.refiner.session
+        if session is not None and self.refiner.owns(preview):
+            notes.insert(0, f"refining label {session.label_id}: Commit replaces "
                          "it on this slice only (other labels untouched), Clear stops")
         if notes:  # e.g. a stroke crossing into the background: said in the status line
             self._say("status", f"{self.state.message.text}. {'; '.join(notes)}")

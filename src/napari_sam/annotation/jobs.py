@@ -38,7 +38,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
@@ -58,7 +58,7 @@ __all__ = [
     "reporting",
 ]
 
-Steps = Callable[[threading.Event], Iterator[Any]]
+Steps = Callable[[threading.Event], Generator[Any, Any, Any]]
 
 #: Kinds of job that write into the labels layer when they end.
 WRITING_KINDS: tuple[JobKind, ...] = ("propagate",)
@@ -149,7 +149,7 @@ class JobSink(Protocol):
 Launch = Callable[[Job, JobSink], Any]
 
 
-def caught(steps: Steps, cancel: threading.Event) -> Iterator[Any]:
+def caught(steps: Steps, cancel: threading.Event) -> Generator[Any, Any, Any]:
     """Run generator ``steps(cancel)``, returning any exception as a :class:`Failure`.
 
     superqt's ``GeneratorWorker`` swallows a ``RuntimeError`` raised in the
@@ -163,7 +163,7 @@ def caught(steps: Steps, cancel: threading.Event) -> Iterator[Any]:
         return Failure(err)
 
 
-def reporting(func: Callable[..., Any], poll: float = 0.1) -> Iterator[Progress]:
+def reporting(func: Callable[..., Any], poll: float = 0.1) -> Generator[Progress, Any, Any]:
     """Run ``func(progress=callback)`` in a helper thread, yielding its progress.
 
     For a blocking call that reports progress through a ``callback(done,

@@ -220,7 +220,7 @@ class AnnotatorLayers:
         return tuple(ly for ly in (self.points, self.shapes, self.preview, self.everything,
                                    self.scribbles) if ly is not None)
 
-    def _adopt(self, layer: Any, kind: type, what: str) -> Any:
+    def _adopt(self, layer: Any, kind: type[Any], what: str) -> Any:
         layer = find_layer(self.viewer, layer, what)
         if not isinstance(layer, kind) or layer.ndim != self.geometry.ndim:
             raise ValueError(
@@ -248,8 +248,9 @@ class AnnotatorLayers:
                 f"labels layer {layer.name!r} is read-only (multiscale or dask-backed); "
                 "convert it first, e.g. layer.data = np.asarray(layer.data)"
             )
-        if not (np.allclose(layer.scale, self.geometry.scale)
-                and np.allclose(layer.translate, self.geometry.translate)):
+        scale, translate = self.geometry.scale, self.geometry.translate
+        if scale is not None and translate is not None and not (
+                np.allclose(layer.scale, scale) and np.allclose(layer.translate, translate)):
             warn(f"labels layer {layer.name!r} has another scale/translate than the image; "
                  "labels are written by pixel index")
         return layer

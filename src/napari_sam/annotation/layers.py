@@ -35,7 +35,7 @@ def positive_feature(points_layer: Any) -> np.ndarray:
     return np.ones(len(points_layer.data), dtype=bool)
 
 
-def remove_rows(layer: Any, rows: Sequence[int]) -> None:
+def remove_rows(layer: Any, rows: Sequence[int] | np.ndarray) -> None:
     """Remove points/shapes ``rows`` through the layer's selection (features stay aligned)."""
     if len(rows):
         layer.selected_data = {int(r) for r in rows}
@@ -60,7 +60,8 @@ def prompts_in_image_coords(
     return points, positive_feature(points_layer), shapes, types
 
 
-def add_points(points_layer: Any, coords: np.ndarray, positive: np.ndarray) -> None:
+def add_points(points_layer: Any, coords: np.ndarray,
+               positive: np.ndarray | Sequence[bool]) -> None:
     """Append points (layer data coordinates) with their ``positive`` values."""
     if not len(coords):
         return

@@ -21,7 +21,7 @@ slice by slice (the writer's ``pause`` lets the GUI repaint in between).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,11 +197,12 @@ def _is_update(value: Any) -> bool:
         value, "z")
 
 
-def preparing(steps: Callable[[Any], Iterator[Any]]) -> Callable[[Any], Iterator[Any]]:
+def preparing(steps: Callable[[Any], Generator[Any, Any, Any]]
+              ) -> Callable[[Any], Generator[Any, Any, Any]]:
     """A job's ``steps`` whose ``SliceUpdate`` values leave as :class:`Arrived` (prepared
     in the worker); everything else, and the return value, pass unchanged."""
 
-    def run(cancel: Any) -> Iterator[Any]:
+    def run(cancel: Any) -> Generator[Any, Any, Any]:
         gen = steps(cancel)
         try:
             while True:

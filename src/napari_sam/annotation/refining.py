@@ -136,6 +136,7 @@ class Refiner:
         if problem:
             self._say("warning", f"refine: {problem}")
             return []
+        assert chosen is not None  # (no problem: a label was chosen)
         mask = plane == chosen
         self.session = RefineSession(tuple(idx), int(chosen), mask)
         where = self.layers.where(idx)
@@ -153,7 +154,7 @@ class Refiner:
     def commit(self, clear_prompts: bool = True) -> list[int]:
         """Replace the session's label on its slice by the refined mask (one undo step)."""
         preview, s = self.state.preview, self.session
-        if not self.owns(preview):
+        if s is None or not self.owns(preview):
             self._say("warning", "nothing to commit: refine a label first")
             return []
         if self.runner.running("propagate"):

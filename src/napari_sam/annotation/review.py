@@ -31,6 +31,7 @@ propagation"); they are a reading aid, not a judgement.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,7 +137,7 @@ def overlaps(masks: dict[int, Any]) -> list[tuple[int, int, int, float]]:
 
 
 def doubts(records: list[tuple[Index, Any]],
-           merges: list[tuple[Index, int, int, int, float]] = ()) -> list[Doubt]:
+           merges: Sequence[tuple[Index, int, int, int, float]] = ()) -> list[Doubt]:
     """The :class:`Doubt` s among ``(slice_index, SliceRecord)`` pairs and
     ``(slice_index, a, b, pixels, share)`` overlaps (module doc rules)."""
     by_object: dict[int, list[Any]] = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 __all__ = ["EmbedRequest", "EmbeddingScheduler", "Launcher"]
@@ -164,7 +165,7 @@ class EmbeddingScheduler:
                 self._fire(req.key)
                 continue
             self._running = req
-            handle = self._launcher(req, lambda req=req: self._finished(req))
+            handle = self._launcher(req, partial(self._finished, req))
             if self._running is req:  # a synchronous launcher may already be done
                 self._handle = handle
             return

@@ -74,7 +74,7 @@ def stroke_positive(shapes_layer: Any) -> np.ndarray:
 def shape_strokes(
     shapes: Sequence[Any],
     shape_types: Sequence[str],
-    positive: Sequence[bool],
+    positive: Sequence[bool] | np.ndarray,
     to_image: np.ndarray,
     n_lead: int,
     slice_index: Index,
@@ -194,7 +194,7 @@ class StrokeJoin:
         base: tuple[int, np.ndarray] | None = None, notes: Sequence[str] = (),
     ) -> None:
         self.strokes = list(strokes)
-        self.shape = tuple(int(s) for s in slice_shape)
+        self.shape = (int(slice_shape[0]), int(slice_shape[1]))
         self.batch = batch
         self.base = base
         self.notes = list(notes)
@@ -288,7 +288,7 @@ class Scribbles:
         strokes, notes = shape_strokes(
             list(shapes.data), types, stroke_positive(shapes), self.layers.to_image(shapes),
             geometry.n_lead, tuple(idx), geometry.slice_shape)
-        if has_painted:
+        if painted is not None and has_painted:
             strokes += strokes_from_labels(painted)
         return StrokeJoin(strokes, geometry.slice_shape, batch=batch, base=base, notes=notes)
 

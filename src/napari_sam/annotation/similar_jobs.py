@@ -15,7 +15,7 @@ kept, one undo step).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from functools import partial
 from typing import Any
 
@@ -40,7 +40,7 @@ def similar_job(
     :class:`~napari_sam.similar.SimilarResult`. ``labels`` are the existing labels
     there (their objects are left out); ``params`` go to everything mode."""
 
-    def steps(cancel: threading.Event) -> Iterator[Any]:
+    def steps(cancel: threading.Event) -> Generator[Any, Any, Any]:
         from napari_sam.similar import find_similar
 
         predictor = yield from embedder.loading()

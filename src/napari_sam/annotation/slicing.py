@@ -225,7 +225,7 @@ def apply_affine(matrix: np.ndarray, coords: Any) -> np.ndarray:
 
 
 def world_slice_index(
-    geometry: ImageGeometry, world_to_data: np.ndarray, world_point: Sequence[float]
+    geometry: ImageGeometry, world_to_data: np.ndarray, world_point: Sequence[float] | np.ndarray
 ) -> tuple[int, ...] | None:
     """The slice index the viewer shows, from its world position.
 

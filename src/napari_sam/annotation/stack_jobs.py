@@ -13,7 +13,7 @@ point stays fixed).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from functools import partial
 from typing import Any
 
@@ -54,7 +54,7 @@ def propagation_job(
     embeddings); ``options`` go to ``propagate_iter``.
     """
 
-    def steps(cancel: threading.Event) -> Iterator[Any]:
+    def steps(cancel: threading.Event) -> Generator[Any, Any, Any]:
         from napari_sam.propagation import propagate_iter
 
         predictor = yield from embedder.loading()
@@ -82,9 +82,10 @@ def everything_job(
     batches, or slices); ``cancel`` stops it between batches.
     """
 
-    def steps(cancel: threading.Event) -> Iterator[Any]:
+    def steps(cancel: threading.Event) -> Generator[Any, Any, Any]:
         predictor = yield from embedder.loading()
         limits = yield from embedder.measuring(cl)
+        call: Callable[..., Any]  # everything on the stack, or on the slice
         if stack:
             from napari_sam.everything import segment_everything_stack
 
@@ -121,7 +122,7 @@ def adapt_job(
     :class:`~napari_sam.adaptation.AdaptationResult`.
     """
 
-    def steps(cancel: threading.Event) -> Iterator[Any]:
+    def steps(cancel: threading.Event) -> Generator[Any, Any, Any]:
         from napari_sam.adaptation import adapt
 
         predictor = load_predictor()

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_sam.annotation.slicing import ImageGeometry
+from napari_sam.annotation.state import Level
 
 __all__ = ["AUTO", "StoreLink", "auto_store_path"]
 
@@ -63,7 +64,7 @@ _MAX_OPEN = 8
 
 Index = tuple[int, ...]
 Limits = tuple[float, float]
-Message = Callable[[str, str], None]
+Message = Callable[[Level, str], None]
 
 
 def auto_store_path(
@@ -169,7 +170,7 @@ class StoreLink:
         ``"auto"`` for an image not opened from a file)."""
         return self.mode != "off"
 
-    def _tell(self, level: str, text: str) -> None:
+    def _tell(self, level: Level, text: str) -> None:
         """Report ``text`` once: a notification for explicit stores, a log line for auto."""
         if text in self._told:
             return
@@ -260,14 +261,16 @@ class StoreLink:
             if differences:
                 raise StoreMismatchError(store.path, differences)
             return store
-        if not self.path.exists():  # a new store: computed with the layer's limits
-            return EmbeddingStore.for_stack(self.path, self.source, predictor,
+        path = self.path
+        assert path is not None  # (mode "path")
+        if not path.exists():  # a new store: computed with the layer's limits
+            return EmbeddingStore.for_stack(path, self.source, predictor,
                                             contrast_limits=cl, slice_axes=self._slice_axes())
         try:  # an existing store keeps its limits; model and image must match
-            return EmbeddingStore.for_stack(self.path, self.source, predictor,
+            return EmbeddingStore.for_stack(path, self.source, predictor,
                                             slice_axes=self._slice_axes())
         except StoreWriteError:
-            store = EmbeddingStore.for_stack(self.path, self.source, predictor,
+            store = EmbeddingStore.for_stack(path, self.source, predictor,
                                              slice_axes=self._slice_axes(), mode="r")
             self._unwritable.add(str(store.path))
             self._tell("warning", f"the {self._name()} is read-only: stored slices are read, "
@@ -280,8 +283,9 @@ class StoreLink:
 
         if self._signature is None:
             self._signature = image_signature(self.source, self._slice_axes())
+        assert self.source_path is not None  # (mode "auto": a file opened from disk)
         path = auto_store_path(self.source_path, _model_name(predictor), cl, self._signature)
-        kwargs = {"contrast_limits": cl, "slice_axes": self._slice_axes()}
+        kwargs: dict[str, Any] = {"contrast_limits": cl, "slice_axes": self._slice_axes()}
         try:
             store = EmbeddingStore.for_stack(path, self.source, predictor, **kwargs)
         except StoreMismatchError as err:

@@ -22,7 +22,7 @@ the "along" menu.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -104,7 +104,7 @@ def track_job(
     frame (:func:`napari_sam.propagation.propagate_iter` with ``axis``/``position``)."""
     to_index = AxisSlices(position, axis, ()).index_of
 
-    def steps(cancel: threading.Event) -> Iterator[Any]:
+    def steps(cancel: threading.Event) -> Generator[Any, Any, Any]:
         from napari_sam.propagation import propagate_iter
 
         predictor = yield from embedder.loading()
