@@ -11,7 +11,7 @@ import os
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from napari_sam.tiling import TiledEmbedding
 
 if TYPE_CHECKING:
     from napari_sam.store._zarr import EmbeddingStore
+    from napari_sam.tiling import TileGrid
 
 
 def _weakrefable(obj: Any) -> bool:
@@ -49,6 +50,22 @@ def _weakrefable(obj: Any) -> bool:
 
 class StoreComputing:
     """``for_stack``, ``check_predictor``, ``get_or_compute``, ``compute_embedding``, ``bound``."""
+
+    if TYPE_CHECKING:  # what EmbeddingStore (store/_zarr.py) gives its base
+        path: Path
+        metadata: StoreMetadata
+        read_only: bool
+        grid: TileGrid | None
+        _checked_predictors: Any
+        _damage_reported: bool
+
+        def normalize_index(self, index: Any) -> tuple[int, ...]: ...
+        def _flag(self, idx: tuple[int, ...]) -> int: ...
+        def get(self, index: Any, device: Any = None) -> Any: ...
+        def chunk_of(self, embedding: Any) -> np.ndarray: ...
+        def write(self, index: Any, features: Any, *, image_digest: int | None = None
+                  ) -> None: ...
+        def _embedding(self, data: np.ndarray, idx: tuple[int, ...], device: Any) -> Any: ...
 
     # ------------------------------------------------------------ opening
     @classmethod
@@ -101,7 +118,7 @@ class StoreComputing:
                 probe=False,
                 existing=read_metadata(path),
             )
-            store = cls.open(path, expect, mode=mode)
+            store = cast("type[EmbeddingStore]", cls).open(path, expect, mode=mode)
         else:
             if mode == "r":
                 raise FileNotFoundError(f"embedding store not found: {str(path)!r}")
@@ -112,7 +129,7 @@ class StoreComputing:
                 slice_axes=slice_axes,
                 probe=True,
             )
-            store = cls.create_from(
+            store = cast("type[EmbeddingStore]", cls).create_from(
                 path, StoreMetadata(**fields_, dtype=dtype), overwrite=overwrite
             )
             if probe is not None:
