@@ -55,7 +55,7 @@ class ResBlock(nn.Module):
         self.norm2 = _norm(channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
-        nn.init.zeros_(self.conv2.bias)
+        nn.init.zeros_(self.conv2.bias)  # type: ignore[arg-type]  # (bias=True: a tensor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv1(F.gelu(self.norm1(x)))
@@ -95,7 +95,7 @@ class GlobalAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        pos = self.pos
+        pos: torch.Tensor = self.pos
         if pos.shape[-2:] != (h, w):
             pos = F.interpolate(pos, (h, w), mode="bilinear", align_corners=False)
         t = (x + pos).flatten(2).transpose(1, 2)  # (B, N, C)

@@ -95,6 +95,10 @@ class Sam(nn.Module):
     """Segment Anything: image encoder, prompt encoder, mask decoder."""
 
     mask_threshold: float = 0.0
+    # registered buffers (declared for the type checker: nn.Module's attributes are
+    # typed "Tensor | Module")
+    pixel_mean: torch.Tensor
+    pixel_std: torch.Tensor
 
     def __init__(
         self,
@@ -116,7 +120,7 @@ class Sam(nn.Module):
     @property
     def img_size(self) -> int:
         """Side of the square model input (1024 for SAM)."""
-        return self.image_encoder.img_size
+        return int(self.image_encoder.img_size)  # type: ignore[arg-type]  # a plain int
 
     @property
     def device(self) -> torch.device:
