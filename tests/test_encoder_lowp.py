@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from napari_sam.model import image_encoder
 from napari_sam.model.image_encoder import (
@@ -118,18 +119,32 @@ def test_bfloat16_autocast_runs_the_low_precision_path(monkeypatch):
 
 
 def test_low_precision_weights_follow_the_parameters():
+    """Converted once (packed for oneDNN where available), again after a parameter changes."""
     sam = _model()
     enc = sam.image_encoder
+    attn = enc.blocks[0].attn
+    c = attn.qkv.in_features
+    x = torch.randn(6, c, generator=torch.Generator().manual_seed(1))
     first = enc.low_precision_weights(torch.bfloat16)
     assert enc.low_precision_weights(torch.bfloat16) is first  # kept
-    qkv = first["blocks.0.attn.qkv.weight"]
-    assert qkv.dtype == torch.bfloat16
-    torch.testing.assert_close(qkv.float(), enc.blocks[0].attn.qkv.weight, rtol=2**-8, atol=0)
+
+    def qkv(weights):
+        w, b = weights["blocks.0.attn.qkv.weight"], weights["blocks.0.attn.qkv.bias"]
+        assert b.dtype == torch.bfloat16
+        return image_encoder.linear(x.bfloat16(), w, b).float()
+
+    # the queries' rows carry the attention scale
+    scale = torch.ones(3 * c)
+    scale[:c] = attn.scale
+    expected = F.linear(x.bfloat16().float(), attn.qkv.weight, attn.qkv.bias) * scale
+    # inputs and weights rounded to bfloat16 (8-bit mantissa), sums of c products
+    assert_close_rounding(qkv(first), expected, reduction_length=c, dtype=torch.bfloat16)
     with torch.no_grad():
-        enc.blocks[0].attn.qkv.weight.mul_(2)
+        attn.qkv.weight.mul_(2)
     again = enc.low_precision_weights(torch.bfloat16)
     assert again is not first
-    torch.testing.assert_close(again["blocks.0.attn.qkv.weight"], qkv * 2)
+    expected = F.linear(x.bfloat16().float(), attn.qkv.weight, attn.qkv.bias) * scale
+    assert_close_rounding(qkv(again), expected, reduction_length=c, dtype=torch.bfloat16)
 
 
 def _baddbmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs):
@@ -184,3 +199,19 @@ def test_low_precision_neck_matches_layer_norm_2d():
     # the 3x3 convolution sums 9 * channels terms (the 1x1: c)
     assert_close_rounding(ours, ref, reduction_length=9 * ours.shape[1] + c)
     assert ours.is_contiguous()
+
+
+def test_encoder_with_packed_weights_copies_and_pickles():
+    """The kept low-precision weights (oneDNN tensors without storage) are not copied."""
+    import copy
+    import io
+
+    sam = _model()
+    x = _image(sam)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        first = sam.image_encoder(x)
+    copied = copy.deepcopy(sam)
+    torch.save(sam, io.BytesIO())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        again = copied.image_encoder(x)
+    assert torch.equal(first, again)

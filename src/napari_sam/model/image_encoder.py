@@ -34,6 +34,7 @@ from napari_sam.model.vit_attention import (
     augmented_attention,
     augmented_head_dim,
     decomposed_attention,
+    from_windows,
     init_augmented_keys,
     relative_position_table,
     to_windows,
@@ -160,6 +161,50 @@ class Attention(nn.Module):
         return out.view(b, heads, n, c)
 
 
+#: oneDNN's opaque tensor layout (the packed weights of :func:`pack_linear_weight`)
+_MKLDNN = getattr(torch, "_mkldnn", None)
+
+
+def pack_linear_weight(weight: torch.Tensor, tokens: int) -> torch.Tensor:
+    """``weight`` ``(out, in)`` in oneDNN's blocked layout for :func:`linear`, if it can.
+
+    The layout is chosen for ``tokens`` rows (any row count works); on builds
+    without oneDNN, or off the CPU, ``weight`` is returned unchanged.
+    """
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return weight
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), tokens)
+    except (AttributeError, RuntimeError):  # pragma: no cover - other torch builds
+        return weight
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` for ``(n, in)`` ``x``, ``weight`` from :func:`pack_linear_weight`.
+
+    A packed weight runs oneDNN's linear primitive with the bias inside it
+    (``addmm`` adds the bias in a separate pass over the output).
+    """
+    if weight.layout == _MKLDNN:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    if bias is None:
+        return x @ weight.t()
+    return torch.addmm(bias, x, weight.t())
+
+
+def add_linear(
+    residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """``residual + x @ weight.T + bias`` (one dtype), ``weight`` from :func:`pack_linear_weight`.
+
+    A packed weight adds the residual inside oneDNN's linear primitive (a new
+    tensor); otherwise ``residual`` is updated in place by the product.
+    """
+    if weight.layout == _MKLDNN:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
+    return residual.addmm_(x, weight.t()).add_(bias)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block; windowed attention when ``window_size > 0``.
 
@@ -247,41 +292,45 @@ class Block(nn.Module):
     def forward_low_precision(
         self, x: torch.Tensor, workspace: Workspace, weights: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        """:meth:`forward` with the products and attention in ``weights``' dtype, in place.
+        """:meth:`forward` with everything in ``weights``' dtype (bfloat16).
 
-        ``x`` ``(B, H, W, C)`` float32 (contiguous, owned) is the residual stream and
-        stays float32; the layer norms' outputs, the linear layers and attention
-        run in the low-precision dtype (bfloat16) with ``weights`` (see
-        :meth:`ImageEncoderViT.low_precision_weights`), attention as one fused
-        kernel call per block (:func:`augmented_attention`). Returns ``x``.
+        ``x`` ``(B, H, W, C)`` (contiguous, owned) is the residual stream, in that
+        dtype like the products' outputs it is the sum of; the layer norms
+        read it and write that dtype (statistics in float32). ``weights`` are
+        this block's entries of :meth:`ImageEncoderViT.low_precision_weights`
+        (the queries' rows of ``qkv`` already scaled, the relative-position
+        tables divided by the scale); attention is one fused kernel call per
+        block (:func:`augmented_attention`). Returns the new residual stream
+        (``x`` itself, or a new tensor where oneDNN adds the residual).
         """
         attn, mlp = self.attn, self.mlp
-        dtype = weights["qkv.weight"].dtype
+        dtype = weights["qkv.bias"].dtype
         b, h, w, c = x.shape
         heads = attn.num_heads
         hc = c // heads
         flat = x.view(-1, c)
         n = flat.shape[0]
-        normed = workspace.get("norm", (n, c), dtype)
-        normed.copy_(F.layer_norm(flat, (c,), self.norm1.weight, self.norm1.bias, self.norm1.eps))
+        normed = F.layer_norm(flat, (c,), self.norm1.weight, self.norm1.bias, self.norm1.eps)
         qkv_bias = weights["qkv.bias"]
-        qkv = torch.addmm(
-            qkv_bias, normed, weights["qkv.weight"].t(),
-            out=workspace.get("qkv", (n, 3 * c), dtype),
-        ).view(b, h, w, 3 * c)
+        qkv = linear(normed, weights["qkv.weight"], qkv_bias).view(b, h, w, 3 * c)
+        del normed
         ah, aw = (self.window_size,) * 2 if self.window_size > 0 else (h, w)
         rel = attn.use_rel_pos
         d = augmented_head_dim(hc, ah, aw) if rel else augmented_head_dim(hc, 0, 0)
-        tables = (
-            (relative_position_table(ah, ah, attn.rel_pos_h).to(dtype),
-             relative_position_table(aw, aw, attn.rel_pos_w).to(dtype))
-            if rel else (None, None)
-        )
+        tables: tuple = (None, None)
+        if rel:
+            key = f"tables.{ah}.{aw}"
+            if key + ".h" not in weights:  # kept; the queries are scaled: divide the tables
+                for axis, size, rel_pos in (("h", ah, attn.rel_pos_h), ("w", aw, attn.rel_pos_w)):
+                    table = relative_position_table(size, size, rel_pos) / attn.scale
+                    weights[f"{key}.{axis}"] = table.to(dtype)
+            tables = (weights[key + ".h"], weights[key + ".w"])
 
         def init(buffer):
             if rel:
                 init_augmented_keys(buffer, hc, ah, aw)
 
+        heads_out = workspace.get("heads", (n, c), dtype)
         if self.window_size > 0:
             ws = self.window_size
             nh, nw = -(-h // ws), -(-w // ws)
@@ -289,28 +338,23 @@ class Block(nn.Module):
                 "attn.windows", (3, b * nh * nw, heads, ws * ws, d), dtype, init
             )
             to_windows(qkv, ws, heads, lambda: qkv_bias, out=buffer)
-            out = augmented_attention(buffer, hc, (ws, ws), *tables, attn.scale)
-            out = out.view(b, nh, nw, heads, ws, ws, hc).permute(0, 1, 4, 2, 5, 3, 6)
-            out = out.reshape(b, nh * ws, nw * ws, heads, hc)[:, :h, :w]
+            del qkv
+            out = augmented_attention(buffer, hc, (ws, ws), *tables, 1.0)
+            from_windows(out, h, w, heads_out.view(b, h, w, heads, hc))
         else:
             buffer = workspace.prepared("attn.global", (3, b, heads, h * w, d), dtype, init)
             buffer[..., :hc].copy_(qkv.view(b, h * w, 3, heads, hc).permute(2, 0, 3, 1, 4))
-            out = augmented_attention(buffer, hc, (h, w), *tables, attn.scale)
-            out = out.transpose(1, 2)  # (B, h * w, heads, c)
-        heads_out = workspace.get("heads", (n, c), dtype)
-        heads_out.view(out.shape).copy_(out)
-        projected = workspace.get("proj", (n, c), dtype)
-        torch.addmm(weights["proj.bias"], heads_out, weights["proj.weight"].t(), out=projected)
-        flat.add_(projected)
-        normed.copy_(F.layer_norm(flat, (c,), self.norm2.weight, self.norm2.bias, self.norm2.eps))
-        hidden = torch.addmm(
-            weights["lin1.bias"], normed, weights["lin1.weight"].t(),
-            out=workspace.get("hidden", (n, weights["lin1.weight"].shape[0]), dtype),
-        )
+            del qkv
+            out = augmented_attention(buffer, hc, (h, w), *tables, 1.0)
+            heads_out.view(b, h * w, heads, hc).copy_(out.transpose(1, 2))
+        del out
+        flat = add_linear(flat, heads_out, weights["proj.weight"], weights["proj.bias"])
+        normed = F.layer_norm(flat, (c,), self.norm2.weight, self.norm2.bias, self.norm2.eps)
+        hidden = linear(normed, weights["lin1.weight"], weights["lin1.bias"])
+        del normed
         torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
-        torch.addmm(weights["lin2.bias"], hidden, weights["lin2.weight"].t(), out=projected)
-        flat.add_(projected)
-        return x
+        flat = add_linear(flat, hidden, weights["lin2.weight"], weights["lin2.bias"])
+        return flat.view(b, h, w, c)
 
     def _windowed_attention(self, x: torch.Tensor | None, qkv=None) -> torch.Tensor:
         """Windowed attention of ``x`` ``(B, h, w, C)``, before ``proj``: ``(B, h, w, C)``.
@@ -337,6 +381,24 @@ def _cpu_autocast_dtype() -> torch.dtype | None:
     if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
         return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
     return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+
+
+class _DerivedCache:
+    """Values derived from a module's parameters, kept on the module but never copied.
+
+    ``copy.deepcopy`` and pickling of the module give an empty cache (oneDNN's
+    packed weights have no storage to copy; they are made again on first use).
+    """
+
+    def __init__(self) -> None:
+        self.key: object = None
+        self.value: object = None
+
+    def __deepcopy__(self, memo) -> _DerivedCache:
+        return _DerivedCache()
+
+    def __reduce__(self):
+        return (_DerivedCache, ())
 
 
 class ImageEncoderViT(nn.Module):
@@ -402,61 +464,100 @@ class ImageEncoderViT(nn.Module):
         return torch.bfloat16
 
     def low_precision_weights(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """The linear and convolution weights in ``dtype``, converted once and kept.
+        """The weights :meth:`forward_low_precision` uses, in ``dtype``, made once and kept.
 
-        The copy is made again when any parameter changed (new storage or an
-        in-place update, e.g. ``load_state_dict``). Keys are parameter names.
+        Keys are parameter names (linear and convolution weights and biases);
+        the linear layers' weights are in oneDNN's blocked layout where
+        available (:func:`pack_linear_weight`), the patch embedding's as a
+        ``(C, 3 * p * p)`` linear layer, and the queries' rows of each ``qkv``
+        (weight and bias) are multiplied by the attention scale. The copy is
+        made again when any parameter changed (new storage or an in-place
+        update, e.g. ``load_state_dict``).
         """
+        return self._low_precision_state(dtype)[0]
+
+    def _low_precision_state(self, dtype: torch.dtype):
+        """``(weights, per-block weights)`` of :meth:`low_precision_weights`."""
         key = (dtype, tuple((p.data_ptr(), p._version) for p in self.parameters()))
-        cached = self.__dict__.get("_low_precision_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        weights = {
-            name: p.detach().to(dtype).contiguous()
-            for name, p in self.named_parameters()
-            if name.endswith((".weight", ".bias")) and ".norm" not in name
-            and not name.startswith("neck.1") and not name.startswith("neck.3")
-        }
-        self.__dict__["_low_precision_cache"] = (key, weights)
-        return weights
+        cache = self.__dict__.setdefault("_low_precision_cache", _DerivedCache())
+        if cache.key == key:
+            return cache.value
+        tokens = (self.img_size // self.patch_embed.proj.stride[0]) ** 2
+        weights: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if not name.endswith((".weight", ".bias")) or ".norm" in name:
+                    continue
+                if name.startswith(("neck.1", "neck.3")):
+                    continue
+                t = p.detach().float()
+                if name.endswith("qkv.weight") or name.endswith("qkv.bias"):
+                    block = self.blocks[int(name.split(".")[1])]
+                    t = t.clone()
+                    t[: t.shape[0] // 3] *= block.attn.scale
+                if name == "patch_embed.proj.weight" or name == "neck.0.weight":
+                    t = t.reshape(t.shape[0], -1)
+                t = t.to(dtype).contiguous()
+                if t.dim() == 2 and name != "neck.2.weight":
+                    t = pack_linear_weight(t, tokens)
+                weights[name] = t
+        blocks = []
+        for i in range(len(self.blocks)):
+            prefix = f"blocks.{i}."
+            block_weights = {
+                name[len(prefix) :].removeprefix("attn.").removeprefix("mlp."): t
+                for name, t in weights.items()
+                if name.startswith(prefix)
+            }
+            blocks.append(block_weights)
+        cache.key, cache.value = key, (weights, blocks)
+        return weights, blocks
 
     def forward_low_precision(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """:meth:`forward` with products, convolutions and attention in ``dtype``.
+        """:meth:`forward` in ``dtype`` (bfloat16): products, attention, residual stream.
 
-        The residual stream, layer-norm statistics and the output stay float32;
+        Layer-norm statistics, softmax and the last norm of the neck are float32;
         see :meth:`Block.forward_low_precision`. Returns a float32
         ``(B, out_chans, S/16, S/16)`` embedding.
         """
-        weights = self.low_precision_weights(dtype)
+        weights, block_weights = self._low_precision_state(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            patches = F.conv2d(
-                x.to(dtype), weights["patch_embed.proj.weight"], weights["patch_embed.proj.bias"],
-                stride=self.patch_embed.proj.stride,
-            )
-            patches = patches.permute(0, 2, 3, 1)  # (B, h, w, C)
-            tokens = torch.empty(patches.shape, dtype=torch.float32, device=x.device)
-            if self.pos_embed is not None:
-                torch.add(patches, self.pos_embed, out=tokens)
-            else:
-                tokens.copy_(patches)
-            workspace = Workspace(torch.float32, x.device)
-            for i, block in enumerate(self.blocks):
-                prefix = f"blocks.{i}."
-                block_weights = {
-                    name[len(prefix) :].removeprefix("attn.").removeprefix("mlp."): t
-                    for name, t in weights.items()
-                    if name.startswith(prefix)
-                }
-                tokens = block.forward_low_precision(tokens, workspace, block_weights)
+            tokens = self._patch_embed_low_precision(x, weights, dtype)
+            workspace = Workspace(dtype, x.device)
+            for block, bw in zip(self.blocks, block_weights):
+                tokens = block.forward_low_precision(tokens, workspace, bw)
             return self._neck_low_precision(tokens, weights, dtype)
 
+    def _patch_embed_low_precision(self, x, weights, dtype) -> torch.Tensor:
+        """Patch embedding plus position embedding: ``(B, h, w, C)`` tokens in ``dtype``.
+
+        The non-overlapping patches are copied (and rounded to ``dtype``) into
+        rows of ``3 * p * p`` values, then one linear layer.
+        """
+        p = self.patch_embed.proj.stride[0]
+        b, cin, s_h, s_w = x.shape
+        h, w = s_h // p, s_w // p
+        rows = torch.empty(b, h, w, cin, p, p, dtype=dtype, device=x.device)
+        rows.copy_(x[:, :, : h * p, : w * p].reshape(b, cin, h, p, w, p).permute(0, 2, 4, 1, 3, 5))
+        patches = linear(
+            rows.view(b * h * w, -1), weights["patch_embed.proj.weight"],
+            weights["patch_embed.proj.bias"],
+        ).view(b, h, w, -1)
+        if self.pos_embed is not None:
+            patches.add_(self.pos_embed)  # the sum in float32, rounded once
+        return patches
+
     def _neck_low_precision(self, tokens, weights, dtype) -> torch.Tensor:
-        """The neck on ``(B, h, w, C)`` float32 tokens, products in ``dtype``, channels last."""
+        """The neck on ``(B, h, w, C)`` tokens, in ``dtype`` up to its float32 last norm.
+
+        Channels last: the 1x1 convolution is a linear layer, the first
+        LayerNorm2d a layer norm over the last axis.
+        """
         b, h, w, c = tokens.shape
         _, norm1, conv2, norm2 = self.neck
-        y = tokens.view(-1, c).to(dtype) @ weights["neck.0.weight"].view(-1, c).t()
-        y = F.layer_norm(y.float(), (y.shape[-1],), norm1.weight, norm1.bias, norm1.eps)
-        y = y.to(dtype).view(b, h, w, -1).permute(0, 3, 1, 2)  # channels-last (B, C, h, w)
+        y = linear(tokens.reshape(-1, c).to(dtype), weights["neck.0.weight"], None)
+        y = F.layer_norm(y, (y.shape[-1],), norm1.weight, norm1.bias, norm1.eps)
+        y = y.view(b, h, w, -1).permute(0, 3, 1, 2)  # channels-last (B, C, h, w)
         y = F.conv2d(y, weights["neck.2.weight"], padding=conv2.padding)
         y = y.permute(0, 2, 3, 1).float()
         y = F.layer_norm(y, (y.shape[-1],), norm2.weight, norm2.bias, norm2.eps)

@@ -12,6 +12,8 @@ blocks. Plain functions on tensors; the modules that use them are in
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -152,7 +154,8 @@ def augmented_attention(
     table_h, table_w : :func:`relative_position_table` of the rows ``(h, h, c)``
         and of the columns ``(w, w, c)``, in the buffer's dtype; ``None`` for
         attention without relative positions (then ``D >= c`` suffices)
-    scale : factor of ``q @ k.T`` (not of the bias)
+    scale : factor of ``q @ k.T`` (not of the bias); 1.0 for queries scaled
+        beforehand (then the tables must be divided by the scale)
 
     Returns
     -------
@@ -169,7 +172,8 @@ def augmented_attention(
         q[..., c + h : c + h + w].view(b, heads, h, w, w).copy_(
             torch.einsum("bnhwc,wkc->bnhwk", q_grid, table_w)
         )
-    q[..., :c].mul_(scale)
+    if scale != 1.0:
+        q[..., :c].mul_(scale)
     out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
     return out[..., :c]
 
@@ -215,6 +219,31 @@ def to_windows(
     if out is not None:
         return out
     return win.view(3, b * nh * nw, heads, ws * ws, c)
+
+
+def from_windows(windows: torch.Tensor, h: int, w: int, out: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_windows` for one tensor: windows back onto the grid, cropped.
+
+    ``windows`` ``(B * nh * nw, heads, ws * ws, c)`` (any strides, e.g. attention's
+    output) is written into ``out`` ``(B, h, w, heads, c)`` in one copy per
+    part (whole windows, partial last row and column), without the padded
+    grid in between; returns ``out``.
+    """
+    b = out.shape[0]
+    heads, c = windows.shape[1], windows.shape[3]
+    ws = math.isqrt(windows.shape[2])
+    nh, nw = -(-h // ws), -(-w // ws)
+    src = windows.view(b, nh, nw, heads, ws, ws, c).permute(0, 1, 4, 2, 5, 3, 6)
+    hf, wf = h // ws, w // ws  # whole windows
+    rh, rw = h - hf * ws, w - wf * ws
+    out[:, : hf * ws, : wf * ws].view(b, hf, ws, wf, ws, heads, c).copy_(src[:, :hf, :, :wf])
+    if rh:
+        out[:, hf * ws :, : wf * ws].view(b, rh, wf, ws, heads, c).copy_(src[:, hf, :rh, :wf])
+    if rw:
+        out[:, : hf * ws, wf * ws :].view(b, hf, ws, rw, heads, c).copy_(src[:, :hf, :, wf, :rw])
+    if rh and rw:
+        out[:, hf * ws :, wf * ws :].copy_(src[:, hf, :rh, wf, :rw])
+    return out
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
