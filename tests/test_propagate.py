@@ -691,7 +691,7 @@ def test_fade_rule_off_and_dark_objects():
     dark = (2000 - image.astype(np.int32)).astype(np.uint16)  # dark disc on a bright background
     result = propagate(dark, {6: disc}, _EchoPredictor(), fade_threshold=0.4, fade_step=0)
     assert _extent(result.mask_or_labels) == (3, 9)
-    result = propagate(dark, {6: disc}, _EchoPredictor(), fade_threshold=0.4)  # with the step
+    result = propagate(dark, {6: disc}, _EchoPredictor(), fade_threshold=0.4, fade_step=0.7)
     assert _extent(result.mask_or_labels) == (4, 8)
     result = propagate(image, {6: disc}, _EchoPredictor())  # generic default: off
     assert _extent(result.mask_or_labels) == (0, 12)
@@ -713,7 +713,7 @@ def test_registry_recommends_propagation_options_per_model():
     engine = Engine.create(image, {6: disc}, echo, prompt_mode="box", fade_threshold=0)
     assert engine.options.fade_threshold == 0.0  # the caller's choice wins
     # fade 0.4 of the keyframe's contrast and 0.7 of the previous slice's (1.0 -> 0.6)
-    assert _extent(propagate(image, {6: disc}, echo).mask_or_labels) == (4, 8)
+    assert _extent(propagate(image, {6: disc}, echo, fade_step=0.7).mask_or_labels) == (4, 8)
 
 
 def test_fade_step_stops_a_sudden_drop_but_not_a_gradual_fade():

@@ -40,7 +40,7 @@ class BundledWeights:
 BUNDLED: dict[str, BundledWeights] = {
     "micro": BundledWeights(
         filename="micro_sam.pt",
-        sha256="3975b824db4db376a3564baa8807a35441985eef465e30a44308c8f9c9aa3495",
+        sha256="896844d194dc603cd40bfb0f1087aca411f85e2ef6997c9858825e8705cc99a8",
         record="micro_sam.json",
     ),
 }

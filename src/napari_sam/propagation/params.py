@@ -33,7 +33,7 @@ DEFAULT_MAX_GROWTH = 2.0
 DEFAULT_FADE_THRESHOLD = 0.0
 #: Default of the "faded" rule's step part: the contrast may fall to this share of the
 #: previous slice's per step (only where ``fade_threshold`` > 0; docs/propagation.md).
-DEFAULT_FADE_STEP = 0.7
+DEFAULT_FADE_STEP = 0.6
 #: Default share of an object's own score on its keyframe that is enough to go on where
 #: the score is below ``score_threshold`` (docs/propagation.md, "Small objects").
 DEFAULT_KEYFRAME_SCORE_SHARE = 0.7
