@@ -30,6 +30,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_sam.model.common import LayerNorm2d, MLPBlock
+from napari_sam.model.encoder_buffers import (
+    _MKLDNN as _MKLDNN,
+)
+from napari_sam.model.encoder_buffers import (
+    Workspace as Workspace,
+)
+from napari_sam.model.encoder_buffers import (
+    add_linear as add_linear,
+)
+from napari_sam.model.encoder_buffers import (
+    linear as linear,
+)
+from napari_sam.model.encoder_buffers import (
+    pack_linear_weight as pack_linear_weight,
+)
+from napari_sam.model.encoder_flops import encoder_flops as encoder_flops
 from napari_sam.model.vit_attention import (
     augmented_attention,
     augmented_head_dim,
@@ -44,59 +60,6 @@ from napari_sam.model.vit_attention import window_unpartition as window_unpartit
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_sam.model.sam import SamConfig
-
-class Workspace:
-    """Reusable float buffers for the in-place inference path, one per forward pass.
-
-    ``get(name, shape)`` returns a contiguous ``shape`` view of the buffer called
-    ``name``, grown when a larger one is asked for; the blocks of one encoder
-    ask for the same shapes, so the memory is allocated (and page-faulted) once.
-    """
-
-    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
-        self.dtype, self.device = dtype, device
-        self._buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
-        self._prepared: dict[str, torch.Tensor] = {}
-
-    def get(
-        self, name: str, shape: tuple[int, ...], dtype: torch.dtype | None = None
-    ) -> torch.Tensor:
-        """A contiguous ``shape`` buffer called ``name`` (of ``dtype``, default the workspace's)."""
-        dtype = self.dtype if dtype is None else dtype
-        n = 1
-        for d in shape:
-            n *= int(d)
-        buf = self._buffers.get((name, dtype))
-        if buf is None or buf.numel() < n:
-            buf = torch.empty(n, dtype=dtype, device=self.device)
-            self._buffers[(name, dtype)] = buf
-        return buf[:n].view(shape)
-
-    def prepared(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, init) -> torch.Tensor:
-        """A ``shape`` buffer whose constant parts ``init(buffer)`` wrote when it was made.
-
-        The buffer is zeroed and ``init`` called once per name and shape; callers
-        overwrite only the parts that change between blocks.
-        """
-        buf = self._prepared.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = torch.zeros(shape, dtype=dtype, device=self.device)
-            init(buf)
-            self._prepared[name] = buf
-        return buf
-
-    def layer_norm(self, name: str, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-        """``norm(x)`` for ``(n, C)`` ``x``, written into the buffer ``name``."""
-        n = x.shape[0]
-        out = self.get(name, tuple(x.shape))
-        mean = self.get(name + ".mean", (n, 1))
-        rstd = self.get(name + ".rstd", (n, 1))
-        torch.ops.aten.native_layer_norm.out(
-            x, list(norm.normalized_shape), norm.weight, norm.bias, norm.eps,
-            out0=out, out1=mean, out2=rstd,
-        )
-        return out
-
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patches to tokens: ``(B, 3, H, W)`` -> ``(B, H/p, W/p, C)``."""
@@ -159,50 +122,6 @@ class Attention(nn.Module):
         with torch.autocast(q.device.type, enabled=False):
             out = decomposed_attention(q, k, v, bias_h.to(q.dtype), bias_w.to(q.dtype), self.scale)
         return out.view(b, heads, n, c)
-
-
-#: oneDNN's opaque tensor layout (the packed weights of :func:`pack_linear_weight`)
-_MKLDNN = getattr(torch, "_mkldnn", None)
-
-
-def pack_linear_weight(weight: torch.Tensor, tokens: int) -> torch.Tensor:
-    """``weight`` ``(out, in)`` in oneDNN's blocked layout for :func:`linear`, if it can.
-
-    The layout is chosen for ``tokens`` rows (any row count works); on builds
-    without oneDNN, or off the CPU, ``weight`` is returned unchanged.
-    """
-    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return weight
-    try:
-        return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), tokens)
-    except (AttributeError, RuntimeError):  # pragma: no cover - other torch builds
-        return weight
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x @ weight.T + bias`` for ``(n, in)`` ``x``, ``weight`` from :func:`pack_linear_weight`.
-
-    A packed weight runs oneDNN's linear primitive with the bias inside it
-    (``addmm`` adds the bias in a separate pass over the output).
-    """
-    if weight.layout == _MKLDNN:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    if bias is None:
-        return x @ weight.t()
-    return torch.addmm(bias, x, weight.t())
-
-
-def add_linear(
-    residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-) -> torch.Tensor:
-    """``residual + x @ weight.T + bias`` (one dtype), ``weight`` from :func:`pack_linear_weight`.
-
-    A packed weight adds the residual inside oneDNN's linear primitive (a new
-    tensor); otherwise ``residual`` is updated in place by the product.
-    """
-    if weight.layout == _MKLDNN:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
-    return residual.addmm_(x, weight.t()).add_(bias)
 
 
 class Block(nn.Module):
@@ -579,58 +498,6 @@ class ImageEncoderViT(nn.Module):
             for block in self.blocks:
                 x = block(x)
         return self.neck(x.permute(0, 3, 1, 2))
-
-
-def encoder_flops(encoder: ImageEncoderViT, batch: int = 1) -> dict[str, int]:
-    """Floating-point operations of one forward pass, counted from the architecture.
-
-    A multiply-add counts as 2. Counted: the patch embedding, the linear layers
-    (``qkv`` and ``proj`` on the real tokens, as :class:`Block` runs them, and
-    the MLP), attention's two products (``q @ k.T`` and ``p @ v``; windowed
-    blocks over their zero-padded windows), the relative-position products
-    ``q . R`` and the neck's convolutions. Not counted: softmax, norms,
-    activations, additions.
-
-    Parameters
-    ----------
-    encoder : the image encoder
-    batch : images per forward pass
-
-    Returns
-    -------
-    FLOPs per part (``"patch_embed"``, ``"linear"``, ``"attention_global"``,
-    ``"attention_windowed"``, ``"neck"``) and their sum (``"total"``)
-    """
-    proj = encoder.patch_embed.proj
-    patch = proj.kernel_size[0]
-    c_in, c = proj.in_channels, proj.out_channels
-    grid = encoder.img_size // patch
-    n = grid * grid
-    parts = dict.fromkeys(
-        ("patch_embed", "linear", "attention_global", "attention_windowed", "neck"), 0
-    )
-    parts["patch_embed"] = 2 * n * c_in * patch * patch * c
-    for block in encoder.blocks:
-        hidden = block.mlp.lin1.out_features
-        parts["linear"] += 2 * n * c * (3 * c + c + 2 * hidden)
-        ws = block.window_size
-        if ws > 0:
-            units, side = (-(-grid // ws)) ** 2, ws
-        else:
-            units, side = 1, grid
-        tokens = side * side
-        # per unit: q @ k.T and p @ v over all heads (2 * tokens^2 * c each), q . R rows and columns
-        flops = units * (4 * tokens * tokens * c)
-        if block.attn.use_rel_pos:
-            flops += units * 2 * tokens * c * (side + side)
-        parts["attention_windowed" if ws > 0 else "attention_global"] += flops
-    neck_conv1, _, neck_conv2, _ = encoder.neck
-    out = neck_conv1.out_channels
-    kh, kw = neck_conv2.kernel_size
-    parts["neck"] = 2 * n * c * out + 2 * n * out * out * kh * kw
-    parts = {k: v * batch for k, v in parts.items()}
-    parts["total"] = sum(parts.values())
-    return parts
 
 
 def infer_config(state) -> SamConfig | None:
