@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 #: Upper bound on the number of attention scores held at once (4 MB in float32):
 #: small enough for the scores of a chunk to stay in cache between the bias,
-#: matmul, softmax and matmul that use them (a global-attention block of vit_b
-#: took 0.84 s with 1 << 20 and 1.04 s with 1 << 22 on one thread here).
+#: matmul, softmax and matmul that use them (the measured choice: docs/benchmarks.md,
+#: "Chunk size of the decomposed attention").
 _SCORE_CHUNK_ELEMENTS = 1 << 20
 
 
