@@ -26,11 +26,7 @@ def save_weights(model, path: str | os.PathLike) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file."""
-    import hashlib
+    """Hex sha256 of a file (the same digest the bundled-weights check uses)."""
+    from napari_sam.model.bundled import sha256_of
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_of(path)
