@@ -41,7 +41,7 @@ def test_what_the_user_changes_is_overridden_the_rest_follows_the_model(qtbot):
     del panel.overrides["points_per_side"]
     assert panel.widgets["points_per_side"].value == 32
     assert dict(panel.overrides) == {"min_z_extent": 1, "max_area": 500}
-    with pytest.raises(KeyError, match="no option 'points'.*points_per_side"):
+    with pytest.raises(KeyError, match=r"no option 'points'.*points_per_side"):
         panel.overrides["points"] = 3
     with pytest.raises(KeyError, match="no option"):
         panel.overrides.replace({"min_area": 3, "bogus": 1})
