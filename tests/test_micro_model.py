@@ -179,9 +179,10 @@ def test_quality_holds_under_appearance_changes(micro_model, condition):
 
 
 #: Floor of propagation on small anisotropic stacks (nuclei of radius 4-6 px, 64 px
-#: slices, anisotropy 3; docs/bundled_model.md): measured 0.76 on these seeds (15 nuclei;
-#: stacks 0.71 / 0.82 / 0.76) with the shipped weights and micro's options; 0.63 before
-#: the keyframe score share and the fade step (docs/propagation.md, "Small objects").
+#: slices, anisotropy 3; docs/bundled_model.md): measured 0.755 on these seeds (15 nuclei)
+#: with the stage-4 weights and micro's options (fade_step 0.6); 0.76 with stage 3 at
+#: fade_step 0.7; 0.63 before the keyframe score share and the fade step
+#: (docs/propagation.md, "Small objects").
 SMALL_STACK_PROPAGATION_FLOOR = 0.70
 
 
