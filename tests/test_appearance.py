@@ -89,3 +89,33 @@ def test_small_bright_cells_are_labelled_in_free_space(scene):
     assert new.any()
     assert (labels[new] == 0).all()  # never painted over an existing object
     assert out[new].mean() > image[labels > 0].mean()
+
+
+def test_samples_of_a_condition_are_distinct_draws_and_the_first_is_the_seeds():
+    image, labels = nuclei_2d((256, 256), seed=5, radius=(8.0, 14.0))
+    assert A.STRESS_CONDITIONS["tiny_48"].samples > 1
+    first, _, _ = A.apply_condition(image, labels, "tiny_48", seed=4)
+    again, _, _ = A.apply_condition(image, labels, "tiny_48", seed=4, sample=0)
+    other, _, _ = A.apply_condition(image, labels, "tiny_48", seed=4, sample=1)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_tiny_draws_shrink_and_crop_around_an_object():
+    image, labels = nuclei_2d((256, 256), seed=5, radius=(8.0, 14.0))
+    rng = np.random.default_rng(2)
+    cfg = A.AppearanceConfig(prob=1.0, tiny_prob=1.0, rescale_prob=0.0, crop_prob=0.0)
+    for _ in range(10):
+        out, lab, _ = A.random_appearance(image, labels, rng, cfg)
+        assert cfg.min_side <= min(out.shape) and max(out.shape) <= 96
+        assert lab.max() > 0
+
+
+def test_tiny_draws_off_leave_the_random_stream_of_earlier_stages_alone(scene):
+    image, labels = scene
+    a = A.random_appearance(image, labels, np.random.default_rng(7), A.AppearanceConfig())
+    b = A.random_appearance(
+        image, labels, np.random.default_rng(7), A.AppearanceConfig(tiny_prob=0.0)
+    )
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[2] == b[2]

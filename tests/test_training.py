@@ -334,6 +334,11 @@ def test_config_overrides_merge_and_reject_unknown_keys():
         cfg.updated({"learning_rate": 1.0})
     with pytest.raises(ValueError, match="unknown data settings"):
         cfg.updated({"data": {"shape": 3}})
+    tuned = cfg.updated({"data": {"appearance": {"tiny_prob": 0.2}}})
+    assert tuned.data.appearance == {"tiny_prob": 0.2}
+    assert type(tuned).from_dict(tuned.to_dict()).data.appearance == {"tiny_prob": 0.2}
+    with pytest.raises(ValueError, match=r"unknown appearance settings.*tiny_prob"):
+        cfg.updated({"data": {"appearance": {"tiny": 0.2}}})
 
 
 def test_fine_tuning_stage_starts_from_weights_and_keeps_the_record(tmp_path):
@@ -361,7 +366,8 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     from napari_sam.training.loop import train
 
     data = DataConfig(base_shape=(64, 64), other_shape_prob=0.0, objects_per_image=3,
-                      appearance_prob=0.7, stack_prob=0.5, stack_depth=6, stack_slices=2)
+                      appearance_prob=0.7, stack_prob=0.5, stack_depth=6, stack_slices=2,
+                      appearance={"tiny_prob": 0.3, "invert_prob": 0.3})
     cfg = small_test_config(steps=6, checkpoint_every=3, time_limit_s=1e9, data=data)
     whole = train(cfg, tmp_path / "whole", log=lambda line: None)
 

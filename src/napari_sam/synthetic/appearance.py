@@ -365,7 +365,9 @@ class AppearanceConfig:
     of the default range; ``min_side``: smallest scene side after rescaling and
     cropping; ``min_contrast``: a random window is redrawn (at most 4 times, then
     the default range) until objects and background differ by this much after
-    normalization (:func:`visible_contrast`), so no scene is made invisible.
+    normalization (:func:`visible_contrast`), so no scene is made invisible;
+    ``tiny_prob``: the scene shrunk x0.4-0.8 and cropped to ``min_side``-96 px
+    around an object (a user's small crop of small objects).
     """
 
     prob: float = 0.8
@@ -386,6 +388,7 @@ class AppearanceConfig:
     crop_prob: float = 0.1
     min_side: int = 40
     min_contrast: float = 0.06
+    tiny_prob: float = 0.0
 
 
 def random_appearance(
@@ -412,6 +415,14 @@ def random_appearance(
         img, lab = rescale(img, lab, factor)
     if rng.random() < cfg.crop_prob and min(img.shape) > cfg.min_side:
         img, lab = crop(img, lab, int(rng.integers(cfg.min_side, min(img.shape) + 1)), rng)
+    # drawn only when enabled, so the default's random stream (earlier stages) is unchanged
+    if cfg.tiny_prob > 0 and rng.random() < cfg.tiny_prob:
+        factor = float(np.exp(rng.uniform(np.log(0.4), np.log(0.8))))
+        if min(img.shape) * factor >= cfg.min_side:
+            img, lab = rescale(img, lab, factor)
+        size = int(rng.integers(cfg.min_side, 97))
+        if min(img.shape) > size:
+            img, lab = crop(img, lab, size, rng)
     if rng.random() < cfg.small_cells_prob:
         img, lab = small_bright_cells(img, lab, rng, n=int(rng.integers(1, 5)))
     if rng.random() < cfg.brightness_prob:

@@ -34,6 +34,8 @@ class Condition:
     ``change(image, labels, rng) -> (image, labels)`` works on float64 images;
     the result is quantized to ``bits`` (None keeps the input's dtype; 0 keeps
     float32) and normalized with ``window`` (a :func:`window` kind).
+    ``samples``: how many random draws of the change a validation scene gets
+    (more for changes that keep only a few of its objects, such as small crops).
     """
 
     name: str
@@ -41,6 +43,7 @@ class Condition:
     change: Callable | None = None
     bits: int | None = None
     window: str = "auto"
+    samples: int = 1
 
 
 def _identity(image, labels, rng):
@@ -116,7 +119,8 @@ _STRESS: list[Condition] = [
     Condition("scale_0.5", "rescaled x0.5", _scaled(0.5)),
     Condition("scale_2", "rescaled x2", _scaled(2.0)),
     Condition("scale_3", "rescaled x3", _scaled(3.0)),
-    Condition("tiny_48", "rescaled x0.5 and cropped to 48 x 48 px", _tiny),
+    # a 48 px crop holds 3-12 objects: 8 crops per scene, so its mean is not a handful's
+    Condition("tiny_48", "rescaled x0.5 and cropped to 48 x 48 px", _tiny, samples=8),
 ]
 
 #: The stress sweep's conditions by name (validation only, never drawn in this form in training).
@@ -124,13 +128,20 @@ STRESS_CONDITIONS: dict[str, Condition] = {c.name: c for c in _STRESS}
 
 
 def apply_condition(
-    image: np.ndarray, labels: np.ndarray, name: str, seed: int = 0, default_window: str = "auto"
+    image: np.ndarray,
+    labels: np.ndarray,
+    name: str,
+    seed: int = 0,
+    default_window: str = "auto",
+    sample: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, Window]:
     """Apply stress condition ``name`` to a scene.
 
     ``default_window`` is the :func:`window` kind used by conditions that set
     none: ``"auto"`` (the Predictor's robust default) or ``"napari"`` (napari's
     default contrast limits, as the annotator gets them from the image layer).
+    ``sample`` numbers the random draws of one scene (0 to the condition's
+    ``samples`` - 1; 0 is the draw of ``seed`` alone).
 
     Returns
     -------
@@ -144,7 +155,7 @@ def apply_condition(
         raise ValueError(
             f"unknown stress condition {name!r}; choose from {sorted(STRESS_CONDITIONS)}"
         ) from None
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if sample == 0 else (seed, sample))
     dtype = np.asarray(image).dtype
     kind = default_window if cond.window == "auto" else cond.window
     if cond.change is None:

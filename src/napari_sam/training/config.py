@@ -139,8 +139,9 @@ class TrainConfig:
             for key in ("base_shape", "other_sides"):
                 if key in data:
                     data[key] = tuple(data[key])
-            if "kind_weights" in data:
-                data["kind_weights"] = dict(data["kind_weights"])
+            for key in ("kind_weights", "appearance"):
+                if key in data:
+                    data[key] = dict(data[key])
             d["data"] = DataConfig(**data)
         if "resolution_schedule" in d:
             d["resolution_schedule"] = tuple(

@@ -65,6 +65,9 @@ class DataConfig:
         of its robust range
     small_stack_prob : probability that a generated stack is small (sides 48-96
         px, nuclei of radius 3.5-7 px, strongly anisotropic), as users' crops are
+    appearance : overrides of the probabilities of
+        :class:`napari_sam.synthetic.appearance.AppearanceConfig` (field name ->
+        value, e.g. ``{"invert_prob": 0.2, "tiny_prob": 0.15}``); empty: its defaults
     """
 
     kind_weights: Mapping[str, float] = field(
@@ -82,10 +85,24 @@ class DataConfig:
     appearance_prob: float = 0.0
     stack_window_prob: float = 0.0
     small_stack_prob: float = 0.0
+    appearance: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from dataclasses import fields
+
+        from napari_sam.synthetic.appearance import AppearanceConfig
+
+        known = {f.name for f in fields(AppearanceConfig)} - {"prob"}
+        unknown = sorted(set(self.appearance) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown appearance settings {unknown}; choose from {sorted(known)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["kind_weights"] = dict(self.kind_weights)
+        d["appearance"] = dict(self.appearance)
         return d
 
 
@@ -213,8 +230,9 @@ def sample_scene(
         if cfg.appearance_prob > 0 and rng.random() < cfg.appearance_prob:
             from napari_sam.synthetic.appearance import AppearanceConfig, random_appearance
 
+            settings: dict[str, Any] = {**cfg.appearance, "prob": 1.0}
             image, labels, limits = random_appearance(
-                image, labels, rng, AppearanceConfig(prob=1.0)
+                image, labels, rng, AppearanceConfig(**settings)
             )
         scene = prepare_scene(
             image, labels, img_size, cfg, rng, kind=info["kind"], contrast_limits=limits

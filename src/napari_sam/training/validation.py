@@ -232,22 +232,28 @@ def evaluate_set(
 
     ``condition`` names a stress condition of
     :data:`napari_sam.synthetic.appearance.STRESS_CONDITIONS` applied to every
-    scene (with the scene's seed), including its contrast limits;
+    scene (with the scene's seed; ``samples`` draws per scene), including its
+    contrast limits;
     ``default_window`` normalizes the scenes whose condition sets no window
     (``"auto"``: the Predictor's default; ``"napari"``: napari's default limits).
     """
-    from napari_sam.synthetic.stress import apply_condition
+    from napari_sam.synthetic.stress import STRESS_CONDITIONS, apply_condition
 
     acc: dict[str, list[float]] = {"point": [], "box": [], "box_single": []}
-    for seed, (image, labels) in zip(vset.seeds if seeds is None else seeds, vset.scenes(seeds)):
-        limits = None
-        if condition is not None or default_window != "auto":
-            image, labels, limits = apply_condition(
-                image, labels, condition or "clean", int(seed), default_window
-            )
-        res = evaluate_image(predictor, image, labels, vset.min_area, limits)
-        for k in acc:
-            acc[k].extend(res[k])
+    changed = condition is not None or default_window != "auto"
+    samples = STRESS_CONDITIONS[condition].samples if condition in STRESS_CONDITIONS else 1
+    for seed, (scene, scene_labels) in zip(
+        vset.seeds if seeds is None else seeds, vset.scenes(seeds)
+    ):
+        for sample in range(samples):
+            image, labels, limits = scene, scene_labels, None
+            if changed:
+                image, labels, limits = apply_condition(
+                    scene, scene_labels, condition or "clean", int(seed), default_window, sample
+                )
+            res = evaluate_image(predictor, image, labels, vset.min_area, limits)
+            for k in acc:
+                acc[k].extend(res[k])
     summary: dict[str, Any] = {k: float(np.mean(v)) if v else float("nan") for k, v in acc.items()}
     summary["n_objects"] = len(acc["point"])
     summary["point_iou_p10"] = float(np.percentile(acc["point"], 10)) if acc["point"] else None
