@@ -520,6 +520,24 @@ def test_whole_stack_commit_returns_only_ids_it_wrote(viewer, disk_predictor):
     assert ann.commit_everything() == [] and not ann.everything_layer.data.any()
 
 
+def test_everything_while_another_everything_job_runs_says_what_it_waits_for(
+        viewer, disk_predictor):
+    """Everything pressed while "find all like this" runs: a message, not silence."""
+    from napari_sam.annotation.jobs import Job
+
+    image = viewer.add_image(noise_stack((3, 40, 40)))
+    ann = Annotator(viewer, image, predictor=disk_predictor)
+    busy = Job("everything", "finding objects like [3]", lambda cancel: iter(()))
+    ann.runner._active[99] = busy  # as if it were running in a worker
+    assert ann.runner.titles("everything") == ["finding objects like [3]"]
+    assert ann.segment_everything(slice=(1,), points_per_side=4) is None
+    assert "finding objects like [3] is still running" in ann.last_message
+    assert ann.everything_layer is None
+    del ann.runner._active[99]
+    assert ann.segment_everything(slice=(1,), points_per_side=4, pred_iou_thresh=0.5,
+                                  stability_score_thresh=0.0) is not None
+
+
 def test_everything_on_the_whole_stack_needs_a_stack(viewer, disk_predictor):
     image = viewer.add_image(noise_stack((1, 40, 40))[0])
     ann = Annotator(viewer, image, predictor=disk_predictor)

@@ -281,6 +281,10 @@ class JobRunner:
         """True while a job of ``kind`` runs."""
         return any(job.kind == kind for job in self._active.values())
 
+    def titles(self, kind: JobKind) -> list[str]:
+        """What the running jobs of ``kind`` do (their titles), for messages."""
+        return [job.title for job in self._active.values() if job.kind == kind]
+
     def writing(self) -> list[Job]:
         """The running jobs that write into the labels layer when they end."""
         return [job for job in self._active.values() if job.writes_labels]

@@ -123,7 +123,10 @@ class StackActions:
         self, idx: Index, cl: tuple[float, float], params: dict, *, stack: bool, blocking: bool
     ) -> np.ndarray | None:
         """See :meth:`napari_sam.Annotator.segment_everything`."""
-        if self.runner.running("everything"):
+        if self.runner.running("everything"):  # one everything-kind job at a time, said
+            busy = ", ".join(self.runner.titles("everything"))
+            self._say("warning", f"Everything waits: {busy} is still running; run it again "
+                      "when that is done, or press Cancel")
             return None
         if stack and self.layers.geometry.n_lead == 0:
             self._say("warning", "'everything' on the whole stack needs a stack: this "
