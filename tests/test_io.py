@@ -281,6 +281,22 @@ def test_prompts_json_round_trip(tmp_path):
     assert not (tmp_path / "session.json.tmp").exists()
 
 
+def test_prompts_strokes_round_trip_with_their_polarity(tmp_path):
+    points, positive, shapes, types, ndim = _prompt_args()
+    path_stroke = np.array([[2, 3, 3], [2, 4, 6], [2, 8, 9]], float)
+    line = np.array([[2, 0, 0], [2, 5, 5]], float)
+    written = save_prompts(tmp_path / "s.json", points, positive, [*shapes, path_stroke, line],
+                           [*types, "path", "line"], ndim,
+                           shape_negative=[False, False, False, True])
+    loaded = load_prompts(tmp_path / "s.json")
+    assert loaded == written
+    assert loaded.shape_types == ("rectangle", "polygon", "path", "line")
+    assert loaded.shape_negative.tolist() == [False, False, False, True]
+    raw = json.loads((tmp_path / "s.json").read_text())
+    # only a background stroke carries the field: files without strokes are as before
+    assert ["negative" in s for s in raw["shapes"]] == [False, False, False, True]
+
+
 def test_prompts_empty_round_trip():
     empty = PromptSet(ndim=2)
     again = PromptSet.from_json(empty.to_json())
@@ -304,9 +320,19 @@ def test_prompts_are_read_only():
             lambda d: d.update(point_positive=[True]), "point_positive", id="flags-length"
         ),
         pytest.param(
-            lambda d: d["shapes"].append({"type": "line", "vertices": [[0, 0, 0], [1, 1, 1]]}),
-            "'line'",
+            lambda d: d["shapes"].append({"type": "spline", "vertices": [[0, 0, 0], [1, 1, 1]]}),
+            "'spline'",
             id="shape-type",
+        ),
+        pytest.param(
+            lambda d: d["shapes"].append({"type": "line", "vertices": [[0, 0, 0]]}),
+            "line needs 2 vertices",
+            id="short-line",
+        ),
+        pytest.param(
+            lambda d: d["shapes"][0].update(negative=True),
+            "only strokes",
+            id="negative-box",
         ),
         pytest.param(
             lambda d: d["shapes"].append({"type": "polygon", "vertices": [[0, 0, 0]]}),

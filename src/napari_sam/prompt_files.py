@@ -15,6 +15,7 @@ Prompt file schema (JSON, ``version`` 1)
       "point_positive": [true, ...],  # (N,), true = foreground prompt
       "shapes": [                     # napari Shapes vertices, (M, ndim)
         {"type": "rectangle", "vertices": [[z, y, x], ...]},
+        {"type": "path", "vertices": [[z, y, x], ...], "negative": true},
         ...
       ],
       "metadata": {}                  # free-form JSON object (image path...)
@@ -22,8 +23,10 @@ Prompt file schema (JSON, ``version`` 1)
 
 Coordinates use napari's row/column convention: for a ZYX image a point is
 ``[z, row, col]``. Shape types are ``"rectangle"`` and ``"ellipse"`` (2 or
-4 vertices: napari stores the 4 corners of the (bounding) box) and
-``"polygon"`` (>= 3 vertices).
+4 vertices: napari stores the 4 corners of the (bounding) box),
+``"polygon"`` (>= 3 vertices), and the strokes ``"path"`` (>= 1 vertex) and
+``"line"`` (2 vertices). ``"negative": true`` marks a background stroke
+(optional, written only when true; the annotator draws it magenta).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ PROMPT_FORMAT = "napari-sam-prompts"
 #: Current (and only readable) prompt JSON schema version.
 PROMPT_VERSION = 1
 #: Shape types a :class:`PromptSet` may hold.
-SHAPE_TYPES: tuple[str, ...] = ("rectangle", "polygon", "ellipse")
+SHAPE_TYPES: tuple[str, ...] = ("rectangle", "polygon", "ellipse", "path", "line")
 
 
 def _existing(path: PathLike, what: str) -> Path:
@@ -96,6 +99,9 @@ class PromptSet:
         ``Shapes.data``. Read-only.
     shape_types : tuple of str
         One of :data:`SHAPE_TYPES` per shape.
+    shape_negative : numpy.ndarray
+        ``(M,)`` bool per shape: True for a background stroke (a ``path`` or
+        ``line``); empty input means all False. Read-only.
     coordinates : str
         ``"data"`` (pixel indices) or ``"world"`` (layer scale applied).
     metadata : dict
@@ -109,6 +115,7 @@ class PromptSet:
     shape_types: Any = ()
     coordinates: str = "data"
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    shape_negative: Any = ()
 
     def __post_init__(self) -> None:
         ndim = self.ndim
@@ -142,10 +149,22 @@ class PromptSet:
                     f"shape_types[{k}] is {kind!r}; supported: {', '.join(SHAPE_TYPES)}"
                 )
             n = verts.shape[0]
-            if kind == "polygon" and n < 3:
-                raise ValueError(f"shapes[{k}] polygon needs >= 3 vertices, got {n}")
-            if kind != "polygon" and n not in (2, 4):
-                raise ValueError(f"shapes[{k}] {kind} needs 2 or 4 vertices, got {n}")
+            need = {"polygon": (n >= 3, ">= 3"), "path": (n >= 1, ">= 1"),
+                    "line": (n == 2, "2")}.get(kind, (n in (2, 4), "2 or 4"))
+            if not need[0]:
+                raise ValueError(f"shapes[{k}] {kind} needs {need[1]} vertices, got {n}")
+        negative = np.asarray(self.shape_negative)
+        if negative.size == 0:
+            negative = np.zeros(len(shapes), dtype=bool)
+        if negative.shape != (len(shapes),) or not np.isin(negative, (0, 1)).all():
+            raise ValueError(f"shape_negative must hold one bool per shape ({len(shapes)}), "
+                             f"got {negative.tolist()}")
+        negative = negative.astype(bool)
+        for k, (kind, neg) in enumerate(zip(types, negative)):
+            if neg and kind not in ("path", "line"):
+                raise ValueError(f"shapes[{k}] is a {kind}: only strokes (path, line) can be "
+                                 "negative")
+        negative.setflags(write=False)
         if self.coordinates not in ("data", "world"):
             raise ValueError(f"coordinates must be 'data' or 'world', got {self.coordinates!r}")
         metadata = dict(self.metadata)
@@ -158,6 +177,7 @@ class PromptSet:
         object.__setattr__(self, "point_positive", positive)
         object.__setattr__(self, "shapes", shapes)
         object.__setattr__(self, "shape_types", types)
+        object.__setattr__(self, "shape_negative", negative)
         object.__setattr__(self, "metadata", metadata)
 
     def __eq__(self, other: object) -> bool:
@@ -167,6 +187,7 @@ class PromptSet:
             self.ndim == other.ndim
             and self.coordinates == other.coordinates
             and self.shape_types == other.shape_types
+            and np.array_equal(self.shape_negative, other.shape_negative)
             and self.metadata == other.metadata
             and np.array_equal(self.points, other.points)
             and np.array_equal(self.point_positive, other.point_positive)
@@ -186,7 +207,8 @@ class PromptSet:
             "points": self.points.tolist(),
             "point_positive": self.point_positive.tolist(),
             "shapes": [
-                {"type": t, "vertices": s.tolist()} for t, s in zip(self.shape_types, self.shapes)
+                {"type": t, "vertices": s.tolist(), **({"negative": True} if neg else {})}
+                for t, s, neg in zip(self.shape_types, self.shapes, self.shape_negative)
             ],
             "metadata": dict(self.metadata),
         }
@@ -226,6 +248,7 @@ class PromptSet:
             shape_types=[s["type"] for s in shapes],
             coordinates=data.get("coordinates", "data"),
             metadata=data.get("metadata") or {},
+            shape_negative=[s.get("negative", False) for s in shapes],
         )
 
     @classmethod
@@ -254,6 +277,7 @@ def save_prompts(
     *,
     coordinates: str = "data",
     metadata: Mapping[str, Any] | None = None,
+    shape_negative: Sequence[bool] | None = None,
 ) -> PromptSet:
     """Save prompts to a JSON file (schema in the module docstring).
 
@@ -269,13 +293,14 @@ def save_prompts(
     shapes : sequence of array-like, each (M_i, ndim)
         Shape vertices, e.g. napari ``Shapes.data``.
     shape_types : sequence of str
-        One of ``'rectangle'``, ``'polygon'``, ``'ellipse'`` per shape
-        (napari ``Shapes.shape_type``).
+        One of :data:`SHAPE_TYPES` per shape (napari ``Shapes.shape_type``).
     ndim : int
         Number of axes of the coordinates.
     coordinates : {"data", "world"}, default "data"
     metadata : mapping, optional
         Free-form JSON-serialisable information.
+    shape_negative : sequence of bool, optional
+        True for background strokes (paths, lines); default all False.
 
     Returns
     -------
@@ -290,6 +315,7 @@ def save_prompts(
         shape_types=list(shape_types),
         coordinates=coordinates,
         metadata=metadata or {},
+        shape_negative=() if shape_negative is None else list(shape_negative),
     )
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

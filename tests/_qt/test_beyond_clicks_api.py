@@ -74,6 +74,28 @@ def test_background_strokes_and_clicks_join_one_object(stack3d):
     np.testing.assert_array_equal(masks[0], truth[3] == 3)
 
 
+def test_strokes_are_saved_and_loaded_with_their_polarity(stack3d, tmp_path):
+    """A prompt file keeps the strokes (paths, lines) and which are background strokes."""
+    _viewer, ann, truth = stack3d
+    ann.add_point((3, 46, 40))
+    ann.add_stroke((3,), [(40, 34), (50, 44)])
+    ann.add_stroke((3,), [(20, 50), (20, 62)], positive=False, shape_type="line")
+    before = ann.segment()
+    saved = ann.save_prompts(tmp_path / "strokes.json")
+    assert saved.shape_types == ("path", "line")
+    assert saved.shape_negative.tolist() == [False, True]
+    np.testing.assert_allclose(saved.shapes[1], [[3, 20, 50], [3, 20, 62]])
+    ann.clear()
+    assert len(ann.shapes_layer.data) == 0
+    ann.load_prompts(tmp_path / "strokes.json")
+    assert ann.shapes_layer.shape_type == ["path", "line"]
+    prompts = ann.prompts()
+    assert len(prompts.objects) == 1 and prompts.objects[0].source == "scribble"
+    again = ann.segment()
+    np.testing.assert_array_equal(again[0], before[0])
+    np.testing.assert_array_equal(again[0], truth[3] == 3)
+
+
 def test_painted_scribbles_prompt_and_clear_with_the_slice(stack3d):
     _viewer, ann, truth = stack3d
     layer = ann.add_scribble_layer()

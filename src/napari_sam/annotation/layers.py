@@ -23,8 +23,8 @@ __all__ = [
     "remove_rows",
 ]
 
-#: Shape types that are prompts (lines and paths are not).
-PROMPT_SHAPE_TYPES = ("rectangle", "polygon", "ellipse")
+#: Shape types that are prompts: boxes and polygons, and paths and lines (strokes).
+PROMPT_SHAPE_TYPES = ("rectangle", "polygon", "ellipse", "path", "line")
 
 
 def positive_feature(points_layer: Any) -> np.ndarray:
@@ -43,21 +43,33 @@ def remove_rows(layer: Any, rows: Sequence[int] | np.ndarray) -> None:
 
 
 def prompts_in_image_coords(
-    points_layer: Any, shapes_layer: Any, points_to_image: np.ndarray, shapes_to_image: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[str]]:
+    points_layer: Any,
+    shapes_layer: Any,
+    points_to_image: np.ndarray,
+    shapes_to_image: np.ndarray,
+    shape_positive: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[str], list[bool]]:
     """All prompts in image pixel coordinates.
+
+    ``shape_positive``: ``(M,)`` bool per shape of the layer, False for a
+    background stroke (default: all positive).
 
     Returns
     -------
     points : ``(N, D)``; positive : ``(N,)`` bool; shapes : vertices ``(M_i, D)``
-    of rectangles, polygons and ellipses; shape_types : their types
+    of rectangles, polygons, ellipses, paths and lines; shape_types : their
+    types; negative : per kept shape, True for a background stroke
     """
     data = np.asarray(points_layer.data, dtype=np.float64)
     points = apply_affine(points_to_image, data) if len(data) else data
     keep = [i for i, t in enumerate(shapes_layer.shape_type) if t in PROMPT_SHAPE_TYPES]
     shapes = [apply_affine(shapes_to_image, shapes_layer.data[i]) for i in keep]
     types = [shapes_layer.shape_type[i] for i in keep]
-    return points, positive_feature(points_layer), shapes, types
+    negative = [
+        t in ("path", "line") and shape_positive is not None and not bool(shape_positive[i])
+        for i, t in zip(keep, types)
+    ]
+    return points, positive_feature(points_layer), shapes, types, negative
 
 
 def add_points(points_layer: Any, coords: np.ndarray,

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam.annotation.layer_set import NEGATIVE_COLOR
 from napari_sam.annotation.layers import (
     add_points,
     positive_feature,
@@ -237,14 +238,17 @@ class PromptLayers:
     # --------------------------------------------------------------- files
     def save(self, path: Any, image_name: str) -> Any:
         """Save every prompt to a JSON file in image pixels; returns the ``PromptSet``."""
+        from napari_sam.annotation.scribbling import stroke_positive
         from napari_sam.io import save_prompts
 
-        points, positive, shapes, types = prompts_in_image_coords(
+        points, positive, shapes, types, negative = prompts_in_image_coords(
             self.points, self.shapes,
             self.layers.to_image(self.points), self.layers.to_image(self.shapes),
+            stroke_positive(self.shapes),
         )
         return save_prompts(path, points, positive, shapes, types, self.geometry.ndim,
-                            coordinates="data", metadata={"image": image_name})
+                            coordinates="data", metadata={"image": image_name},
+                            shape_negative=negative)
 
     def load(self, path: Any, image_name: str) -> Any:
         """Add the prompts of a JSON file (pixel or world coordinates); returns them.
@@ -275,8 +279,12 @@ class PromptLayers:
         if len(prompts.points):
             add_points(self.points, to_layer(self.points, prompts.points),
                        prompts.point_positive)
-        for verts, kind in zip(prompts.shapes, prompts.shape_types):
-            self.shapes.add(to_layer(self.shapes, verts), shape_type=kind)
+        for verts, kind, negative in zip(prompts.shapes, prompts.shape_types,
+                                         prompts.shape_negative):
+            # strokes: their polarity is their edge colour (magenta: background)
+            color = {} if kind not in ("path", "line") else {
+                "edge_color": NEGATIVE_COLOR if negative else "yellow"}
+            self.shapes.add(to_layer(self.shapes, verts), shape_type=kind, **color)
         return prompts
 
 
