@@ -131,35 +131,41 @@ def stress_sweep(
             r = evaluate_set(predictor, vset, vset.seeds[:n_seeds], cond, default_window)
             rows[cond] = {k: r[k] for k in ("point", "box", "box_single", "n_objects")}
         by_set[name] = rows
-        valid = {c: r for c, r in rows.items() if r["n_objects"] > 0}
-        worst_p = min(valid, key=lambda c: valid[c]["point"])
-        worst_b = min(valid, key=lambda c: valid[c]["box"])
-        # the annotator's default normalization (robust, "auto") ignores display
-        # windows: its worst case is over the conditions that change the image
-        image_only = {
-            c: r for c, r in valid.items() if STRESS_CONDITIONS[c].window == "auto"
-        }
-        worst_pi = min(image_only, key=lambda c: image_only[c]["point"])
-        worst_bi = min(image_only, key=lambda c: image_only[c]["box"])
-        summary[name] = {
-            "mean_point": float(np.mean([r["point"] for r in valid.values()])),
-            "mean_box": float(np.mean([r["box"] for r in valid.values()])),
-            "worst_point": [worst_p, valid[worst_p]["point"]],
-            "worst_box": [worst_b, valid[worst_b]["box"]],
-            "worst_point_image_changes": [worst_pi, image_only[worst_pi]["point"]],
-            "worst_box_image_changes": [worst_bi, image_only[worst_bi]["box"]],
-        }
-        sm = summary[name]
+        summary[name] = sm = summarize_conditions(rows)
         log(
             f"{name:22s} stress mean point {sm['mean_point']:.3f} box {sm['mean_box']:.3f}; "
-            f"worst point {sm['worst_point'][1]:.3f} ({worst_p}), "
-            f"box {sm['worst_box'][1]:.3f} ({worst_b}); without display windows: point "
-            f"{image_only[worst_pi]['point']:.3f} ({worst_pi}), box "
-            f"{image_only[worst_bi]['box']:.3f} ({worst_bi})"
+            f"worst point {sm['worst_point'][1]:.3f} ({sm['worst_point'][0]}), "
+            f"box {sm['worst_box'][1]:.3f} ({sm['worst_box'][0]}); without display windows: "
+            f"point {sm['worst_point_image_changes'][1]:.3f} "
+            f"({sm['worst_point_image_changes'][0]}), box "
+            f"{sm['worst_box_image_changes'][1]:.3f} ({sm['worst_box_image_changes'][0]})"
         )
-        log("    " + ", ".join(f"{c} {r['point']:.2f}/{r['box']:.2f}" for c, r in rows.items()))
+        log("    " + ", ".join(f"{c} {r['point']:.2f}/{r['box']:.2f} (n={r['n_objects']})"
+                              for c, r in rows.items()))
     return {"by_set": by_set, "summary": summary, "n_seeds": n_seeds,
             "default_window": default_window}
+
+
+def summarize_conditions(rows: dict) -> dict:
+    """A set's sweep summary from its ``{condition: {"point", "box", "n_objects"...}}``:
+    the means over conditions and the worst condition, over all of them and over
+    those that change the image only (the robust default ignores display windows)."""
+    from napari_sam.synthetic.appearance import STRESS_CONDITIONS
+
+    valid = {c: r for c, r in rows.items() if r["n_objects"] > 0}
+    worst_p = min(valid, key=lambda c: valid[c]["point"])
+    worst_b = min(valid, key=lambda c: valid[c]["box"])
+    image_only = {c: r for c, r in valid.items() if STRESS_CONDITIONS[c].window == "auto"}
+    worst_pi = min(image_only, key=lambda c: image_only[c]["point"])
+    worst_bi = min(image_only, key=lambda c: image_only[c]["box"])
+    return {
+        "mean_point": float(np.mean([r["point"] for r in valid.values()])),
+        "mean_box": float(np.mean([r["box"] for r in valid.values()])),
+        "worst_point": [worst_p, valid[worst_p]["point"]],
+        "worst_box": [worst_b, valid[worst_b]["box"]],
+        "worst_point_image_changes": [worst_pi, image_only[worst_pi]["point"]],
+        "worst_box_image_changes": [worst_bi, image_only[worst_bi]["box"]],
+    }
 
 
 #: Small anisotropic stacks: 16 slices of 64 x 64 px, nuclei of radius 4-6 px.
