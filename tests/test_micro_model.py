@@ -17,10 +17,11 @@ from napari_sam.model.sam import SamConfig, build_sam
 POINT_IOU_FLOOR = 0.80
 BOX_IOU_FLOOR = 0.85
 #: Floors under appearance changes the generators never make (the stress sweep's worst
-#: nuclei conditions; measured on the test seeds: inverted 0.74 / 0.81, the others >= 0.86 /
-#: 0.88; the previous model: inverted 0.63 / 0.75, gamma 2 0.59 / 0.59, saturated 0.71 / 0.72).
-STRESS_POINT_FLOOR = 0.68
-STRESS_BOX_FLOOR = 0.76
+#: nuclei conditions; measured on the test seeds with the stage-5 weights: tiny_48 0.83 /
+#: 0.86, inverted 0.84 / 0.86, the others >= 0.87 / 0.89; stage 4: tiny_48 0.79 / 0.80,
+#: inverted 0.77 / 0.82). The box floor is the issue-14 target.
+STRESS_POINT_FLOOR = 0.75
+STRESS_BOX_FLOOR = 0.80
 
 
 @pytest.fixture(scope="module")
@@ -180,11 +181,12 @@ def test_quality_holds_under_appearance_changes(micro_model, condition):
 
 
 #: Floor of propagation on small anisotropic stacks (nuclei of radius 4-6 px, 64 px
-#: slices, anisotropy 3; docs/bundled_model.md): measured 0.755 on these seeds (15 nuclei)
-#: with the stage-4 weights and micro's options (fade_step 0.6); 0.76 with stage 3 at
-#: fade_step 0.7; 0.63 before the keyframe score share and the fade step
-#: (docs/propagation.md, "Small objects").
-SMALL_STACK_PROPAGATION_FLOOR = 0.70
+#: slices, anisotropy 3; docs/bundled_model.md): measured on these seeds (15 nuclei) with
+#: micro's options (fade_step 0.6) 0.714 with the stage-5 weights (held-out set: 0.788) and
+#: 0.755 with stage 4 (held-out: 0.713); 0.63 before the keyframe score share and the fade
+#: step (docs/propagation.md, "Small objects"). One nucleus is ~0.06 of the mean here, so
+#: the floor leaves room for a CPU's rounding to flip one stop decision.
+SMALL_STACK_PROPAGATION_FLOOR = 0.66
 
 
 def test_propagation_quality_on_small_anisotropic_stacks():

@@ -40,7 +40,7 @@ class BundledWeights:
 BUNDLED: dict[str, BundledWeights] = {
     "micro": BundledWeights(
         filename="micro_sam.pt",
-        sha256="896844d194dc603cd40bfb0f1087aca411f85e2ef6997c9858825e8705cc99a8",
+        sha256="f461a38da1402e71f42d3c0d835b523f7f32b2cbe5be0c5946d5aff699c92965",
         record="micro_sam.json",
     ),
 }
