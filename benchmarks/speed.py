@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from napari_sam.model.image_encoder import encoder_flops
+from napari_sam.model.encoder_flops import encoder_flops
 from napari_sam.model.sam import CONFIGS, build_sam
 from napari_sam.predictor import Predictor
 from oracle import build_official, official, randomize_

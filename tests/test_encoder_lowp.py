@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from napari_sam.model import image_encoder
+from napari_sam.model.encoder_buffers import linear
+from napari_sam.model.encoder_flops import encoder_flops
 from napari_sam.model.image_encoder import (
     augmented_attention,
     augmented_head_dim,
-    encoder_flops,
     init_augmented_keys,
     relative_position_table,
 )
@@ -131,7 +132,7 @@ def test_low_precision_weights_follow_the_parameters():
     def qkv(weights):
         w, b = weights["blocks.0.attn.qkv.weight"], weights["blocks.0.attn.qkv.bias"]
         assert b.dtype == torch.bfloat16
-        return image_encoder.linear(x.bfloat16(), w, b).float()
+        return linear(x.bfloat16(), w, b).float()
 
     # the queries' rows carry the attention scale
     scale = torch.ones(3 * c)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from napari_sam.model import image_encoder, vit_attention
+from napari_sam.model.encoder_buffers import Workspace
 from napari_sam.model.image_encoder import decomposed_attention
 from napari_sam.predictor import Predictor
 from oracle import randomize_
@@ -133,7 +134,7 @@ def test_in_place_inference_path_equals_the_plain_blocks(monkeypatch):
 
 
 def test_workspace_reuses_and_grows_its_buffers():
-    ws = image_encoder.Workspace(torch.float32, torch.device("cpu"))
+    ws = Workspace(torch.float32, torch.device("cpu"))
     a = ws.get("hidden", (4, 6))
     b = ws.get("hidden", (2, 3))
     assert b.data_ptr() == a.data_ptr() and b.shape == (2, 3)

@@ -30,22 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_sam.model.common import LayerNorm2d, MLPBlock
-from napari_sam.model.encoder_buffers import (
-    _MKLDNN as _MKLDNN,
-)
-from napari_sam.model.encoder_buffers import (
-    Workspace as Workspace,
-)
-from napari_sam.model.encoder_buffers import (
-    add_linear as add_linear,
-)
-from napari_sam.model.encoder_buffers import (
-    linear as linear,
-)
-from napari_sam.model.encoder_buffers import (
-    pack_linear_weight as pack_linear_weight,
-)
-from napari_sam.model.encoder_flops import encoder_flops as encoder_flops
+from napari_sam.model.encoder_buffers import Workspace, add_linear, linear, pack_linear_weight
 from napari_sam.model.vit_attention import (
     augmented_attention,
     augmented_head_dim,
