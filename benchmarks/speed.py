@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from napari_sam.model.encoder_flops import encoder_flops
+from napari_sam.model.encoder_flops import attention_units, encoder_flops
 from napari_sam.model.sam import CONFIGS, build_sam
 from napari_sam.predictor import Predictor
 from oracle import build_official, official, randomize_
@@ -172,12 +172,10 @@ def attention_work(encoder) -> tuple[int, float]:
     """
     from napari_sam.model.vit_attention import augmented_head_dim
 
-    grid = encoder.img_size // encoder.patch_embed.proj.stride[0]
     scores, flops = 0, 0.0
-    for block in encoder.blocks:
-        heads, ws = block.attn.num_heads, block.window_size
+    for block, (units, side) in zip(encoder.blocks, attention_units(encoder)):
+        heads = block.attn.num_heads
         hc = block.attn.qkv.in_features // heads
-        side, units = (ws, (-(-grid // ws)) ** 2) if ws > 0 else (grid, 1)
         d = augmented_head_dim(hc, side, side)
         n = side * side
         scores += units * heads * n * n
@@ -194,15 +192,10 @@ def softmax_floor(encoder, repeats: int = 3) -> float:
     as ``torch.softmax`` in place over cache-sized chunks (about 1 M scores),
     the fastest of ``repeats``.
     """
-    grid = encoder.img_size // encoder.patch_embed.proj.stride[0]
-    parts = []  # (rows of scores, keys per row)
-    for block in encoder.blocks:
-        heads, ws = block.attn.num_heads, block.window_size
-        if ws > 0:
-            units = (-(-grid // ws)) ** 2
-            parts.append((units * heads * ws * ws, ws * ws))
-        else:
-            parts.append((heads * grid * grid, grid * grid))
+    parts = [  # (rows of scores, keys per row)
+        (units * block.attn.num_heads * side * side, side * side)
+        for block, (units, side) in zip(encoder.blocks, attention_units(encoder))
+    ]
     best = float("inf")
     with torch.inference_mode():
         for _ in range(repeats):

@@ -9,6 +9,18 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_sam.model.image_encoder import ImageEncoderViT
 
 
+def attention_units(encoder: ImageEncoderViT) -> list[tuple[int, int]]:
+    """Per block ``(units, side)``: its attention runs over ``units`` squares of
+    ``side`` x ``side`` tokens (windowed blocks: their zero-padded windows; global
+    blocks: the whole grid once)."""
+    grid = encoder.img_size // encoder.patch_embed.proj.kernel_size[0]
+    out = []
+    for block in encoder.blocks:
+        ws = block.window_size
+        out.append(((-(-grid // ws)) ** 2, ws) if ws > 0 else (1, grid))
+    return out
+
+
 def encoder_flops(encoder: ImageEncoderViT, batch: int = 1) -> dict[str, int]:
     """Floating-point operations of one forward pass, counted from the architecture.
 
@@ -38,20 +50,15 @@ def encoder_flops(encoder: ImageEncoderViT, batch: int = 1) -> dict[str, int]:
         ("patch_embed", "linear", "attention_global", "attention_windowed", "neck"), 0
     )
     parts["patch_embed"] = 2 * n * c_in * patch * patch * c
-    for block in encoder.blocks:
+    for block, (units, side) in zip(encoder.blocks, attention_units(encoder)):
         hidden = block.mlp.lin1.out_features
         parts["linear"] += 2 * n * c * (3 * c + c + 2 * hidden)
-        ws = block.window_size
-        if ws > 0:
-            units, side = (-(-grid // ws)) ** 2, ws
-        else:
-            units, side = 1, grid
         tokens = side * side
         # per unit: q @ k.T and p @ v over all heads (2 * tokens^2 * c each), q . R rows and columns
         flops = units * (4 * tokens * tokens * c)
         if block.attn.use_rel_pos:
             flops += units * 2 * tokens * c * (side + side)
-        parts["attention_windowed" if ws > 0 else "attention_global"] += flops
+        parts["attention_windowed" if block.window_size > 0 else "attention_global"] += flops
     neck_conv1, _, neck_conv2, _ = encoder.neck
     out = neck_conv1.out_channels
     kh, kw = neck_conv2.kernel_size
