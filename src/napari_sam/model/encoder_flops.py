@@ -14,10 +14,10 @@ def attention_units(encoder: ImageEncoderViT) -> list[tuple[int, int]]:
     ``side`` x ``side`` tokens (windowed blocks: their zero-padded windows; global
     blocks: the whole grid once)."""
     grid = encoder.img_size // encoder.patch_embed.proj.kernel_size[0]
-    out = []
+    out: list[tuple[int, int]] = []
     for block in encoder.blocks:
-        ws = block.window_size
-        out.append(((-(-grid // ws)) ** 2, ws) if ws > 0 else (1, grid))
+        ws = int(block.window_size)
+        out.append(((-(-grid // ws)) ** 2, ws) if ws > 0 else (1, int(grid)))
     return out
 
 
