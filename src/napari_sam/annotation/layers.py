@@ -17,14 +17,17 @@ from napari_sam.annotation.slicing import apply_affine
 
 __all__ = [
     "PROMPT_SHAPE_TYPES",
+    "STROKE_SHAPES",
     "add_points",
     "positive_feature",
     "prompts_in_image_coords",
     "remove_rows",
 ]
 
-#: Shape types that are prompts: boxes and polygons, and paths and lines (strokes).
-PROMPT_SHAPE_TYPES = ("rectangle", "polygon", "ellipse", "path", "line")
+#: Shape types of the boxes layer read as strokes (polygons stay mask prompts).
+STROKE_SHAPES = ("path", "line")
+#: Shape types that are prompts: boxes and polygons, and the strokes.
+PROMPT_SHAPE_TYPES = ("rectangle", "polygon", "ellipse", *STROKE_SHAPES)
 
 
 def positive_feature(points_layer: Any) -> np.ndarray:
@@ -66,7 +69,7 @@ def prompts_in_image_coords(
     shapes = [apply_affine(shapes_to_image, shapes_layer.data[i]) for i in keep]
     types = [shapes_layer.shape_type[i] for i in keep]
     negative = [
-        t in ("path", "line") and shape_positive is not None and not bool(shape_positive[i])
+        t in STROKE_SHAPES and shape_positive is not None and not bool(shape_positive[i])
         for i, t in zip(keep, types)
     ]
     return points, positive_feature(points_layer), shapes, types, negative

@@ -34,6 +34,7 @@ import numpy as np
 
 from napari_sam.annotation.layer_set import NEGATIVE_COLOR
 from napari_sam.annotation.layers import (
+    STROKE_SHAPES,
     add_points,
     positive_feature,
     prompts_in_image_coords,
@@ -282,7 +283,7 @@ class PromptLayers:
         for verts, kind, negative in zip(prompts.shapes, prompts.shape_types,
                                          prompts.shape_negative):
             # strokes: their polarity is their edge colour (magenta: background)
-            color = {} if kind not in ("path", "line") else {
+            color = {} if kind not in STROKE_SHAPES else {
                 "edge_color": NEGATIVE_COLOR if negative else "yellow"}
             self.shapes.add(to_layer(self.shapes, verts), shape_type=kind, **color)
         return prompts

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam.annotation.layers import STROKE_SHAPES
 from napari_sam.annotation.slicing import apply_affine, nearest_index
 from napari_sam.contract import Prediction, as_predictor
 
@@ -287,7 +288,7 @@ def collect_slice_prompts(
             objects.append(ObjectPrompt(np.zeros((0, 2)), np.zeros(0, np.int64), box=box,
                                         mask=mask, source=kind))
             regions.append(("mask", mask))
-        elif join is None or kind not in ("path", "line"):
+        elif join is None or kind not in STROKE_SHAPES:
             messages.append(
                 f"{kind} {k} ignored: use points, rectangles (box prompts), polygons or ellipses"
             )

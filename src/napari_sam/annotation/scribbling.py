@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam.annotation.layers import STROKE_SHAPES
 from napari_sam.annotation.prompts import prompts_on_slice
 from napari_sam.annotation.slicing import apply_affine
 from napari_sam.scribbles import (
@@ -52,8 +53,6 @@ __all__ = [
     "stroke_positive",
 ]
 
-#: Shape types of the boxes layer read as strokes (polygons stay mask prompts).
-STROKE_SHAPES = ("path", "line")
 #: RGB of a background stroke's edge: napari's ``"magenta"``
 #: (:data:`~napari_sam.annotation.layer_set.NEGATIVE_COLOR`).
 NEGATIVE_RGB = (1.0, 0.0, 1.0)
