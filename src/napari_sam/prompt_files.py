@@ -45,6 +45,7 @@ __all__ = [
     "PROMPT_FORMAT",
     "PROMPT_VERSION",
     "SHAPE_TYPES",
+    "STROKE_SHAPES",
     "PromptSet",
     "load_prompts",
     "read_points_csv",
@@ -57,8 +58,10 @@ PathLike = str | os.PathLike
 PROMPT_FORMAT = "napari-sam-prompts"
 #: Current (and only readable) prompt JSON schema version.
 PROMPT_VERSION = 1
+#: Shape types that are strokes (paths and lines; only they can be background strokes).
+STROKE_SHAPES: tuple[str, ...] = ("path", "line")
 #: Shape types a :class:`PromptSet` may hold.
-SHAPE_TYPES: tuple[str, ...] = ("rectangle", "polygon", "ellipse", "path", "line")
+SHAPE_TYPES: tuple[str, ...] = ("rectangle", "polygon", "ellipse", *STROKE_SHAPES)
 
 
 def _existing(path: PathLike, what: str) -> Path:
@@ -161,7 +164,7 @@ class PromptSet:
                              f"got {negative.tolist()}")
         negative = negative.astype(bool)
         for k, (kind, neg) in enumerate(zip(types, negative)):
-            if neg and kind not in ("path", "line"):
+            if neg and kind not in STROKE_SHAPES:
                 raise ValueError(f"shapes[{k}] is a {kind}: only strokes (path, line) can be "
                                  "negative")
         negative.setflags(write=False)

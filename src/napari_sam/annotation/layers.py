@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam.annotation.slicing import apply_affine
+from napari_sam.prompt_files import SHAPE_TYPES, STROKE_SHAPES
 
 __all__ = [
     "PROMPT_SHAPE_TYPES",
@@ -24,10 +25,9 @@ __all__ = [
     "remove_rows",
 ]
 
-#: Shape types of the boxes layer read as strokes (polygons stay mask prompts).
-STROKE_SHAPES = ("path", "line")
-#: Shape types that are prompts: boxes and polygons, and the strokes.
-PROMPT_SHAPE_TYPES = ("rectangle", "polygon", "ellipse", *STROKE_SHAPES)
+#: Shape types that are prompts: boxes, polygons and the strokes (``STROKE_SHAPES``,
+#: the boxes layer's paths and lines; polygons stay mask prompts), as prompt files hold them.
+PROMPT_SHAPE_TYPES = SHAPE_TYPES
 
 
 def positive_feature(points_layer: Any) -> np.ndarray:
