@@ -118,6 +118,34 @@ def stack_contrast_limits(
     return fixed if fixed is not None else stack_intensity_range(stack)
 
 
+def slice_mapping(
+    image: np.ndarray, contrast_limits: tuple[float, float] | None = None
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """One intensity mapping for a whole slice, so that its parts are normalized alike.
+
+    Parts of a slice (tiles, zoomed crops) normalized on their own would each
+    get their own default range; normalized with this mapping they look as
+    they do in the whole slice.
+
+    Returns
+    -------
+    image : the slice, or for a multichannel slice without ``contrast_limits``
+        its per-channel normalization (float32 ``(H, W, 3)`` in ``[0, 255]``)
+    limits : ``contrast_limits`` (checked), else the slice's default range
+        (:func:`default_range`, else :func:`intensity_range` of a
+        single-channel slice, else ``(0, 255)`` for the normalized channels)
+    """
+    image = validate_slice(image)
+    if contrast_limits is not None:
+        return image, check_contrast_limits(contrast_limits)
+    limits = default_range(image)
+    if limits is not None:
+        return image, limits
+    if image.ndim == 2:
+        return image, intensity_range(image)
+    return to_rgb_float(image), (0.0, 255.0)  # several channels, each with its percentiles
+
+
 def to_rgb_float(
     image: np.ndarray, contrast_limits: tuple[float, float] | None = None
 ) -> np.ndarray:

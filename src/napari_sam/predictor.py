@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -40,6 +40,8 @@ class Embedding:
     original_size : ``(H, W)`` of the slice
     input_size : ``(h, w)`` of the slice resized so its longest side is the model input size
     contrast_limits : the ``(low, high)`` used to normalize the slice (None: per-channel default)
+    image : the slice itself, kept by a predictor that zooms into small objects
+        (:mod:`napari_sam.zoom`), else None
     """
 
     features: Any
@@ -47,6 +49,7 @@ class Embedding:
     input_size: tuple[int, int]
     contrast_limits: tuple[float, float] | None = None
     metadata: dict = field(default_factory=dict)
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_model_frame(self, rows_cols: np.ndarray) -> np.ndarray:
         """``(..., 2)`` ``(row, col)`` slice pixels -> ``(..., 2)`` SAM ``(x, y)`` input pixels.
@@ -75,9 +78,9 @@ def cpu_supports_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _check_tiling(tiling: str) -> str:
+def _check_tiling(tiling: str, name: str = "tiling") -> str:
     if tiling not in ("auto", "off"):
-        raise ValueError(f"tiling must be 'auto' or 'off', got {tiling!r}")
+        raise ValueError(f"{name} must be 'auto' or 'off', got {tiling!r}")
     return tiling
 
 
@@ -129,6 +132,11 @@ class Predictor(BasePredictor):
         shrunk away; ``"off"``: always resize the whole slice to the model input.
     tile_overlap : overlap of neighbouring tiles in pixels (default: a quarter
         of the model input); objects up to this size always fit one tile.
+    zoom : ``"auto"`` (default): with a model whose input is at most 512 px
+        (cheap to embed, e.g. the bundled micro), objects smaller than
+        :data:`napari_sam.zoom.ZOOM_BELOW` model-input pixels are decoded again
+        on an enlarged crop around them, and the zoomed mask is kept when the
+        model trusts it more (see :mod:`napari_sam.zoom`); ``"off"``: never.
 
     Examples
     --------
@@ -155,6 +163,7 @@ class Predictor(BasePredictor):
         precision: str = "auto",
         tiling: str = "auto",
         tile_overlap: int | None = None,
+        zoom: str = "auto",
     ) -> None:
         import torch
 
@@ -187,6 +196,19 @@ class Predictor(BasePredictor):
             self.autocast_dtype = None
         self.tiling = _check_tiling(tiling)
         self.tile_overlap = tile_overlap
+        self.zoom = _check_tiling(zoom, "zoom")
+
+    @property
+    def zooms(self) -> bool:
+        """Whether small objects are decoded again on zoomed crops (see ``zoom``)."""
+        return self.zoom == "auto" and self.image_size <= 512
+
+    def with_image(self, embedding: Any, image: np.ndarray) -> Any:
+        """``embedding`` holding its slice ``image`` (one read back from a store has none),
+        so that small objects can be zoomed into; unchanged when this predictor does not zoom."""
+        if self.zooms and isinstance(embedding, Embedding) and embedding.image is None:
+            return replace(embedding, image=np.asarray(image))
+        return embedding
 
     # ------------------------------------------------------------------ embed
     def preprocess(
@@ -294,6 +316,7 @@ class Predictor(BasePredictor):
                 input_size=resized,
                 contrast_limits=limits,
                 metadata={"model": self.model_name, "precision": self.precision},
+                image=images[k] if self.zooms else None,
             )
             for k, (_, original, resized) in enumerate(inputs)
         ]
@@ -359,12 +382,23 @@ class Predictor(BasePredictor):
         from napari_sam.tiling import TiledEmbedding, predict_tiled
 
         if not isinstance(embedding, TiledEmbedding):
-            return self._decode(embedding, points, labels, boxes, masks, multimask, upscale)
-        points, labels, bsz = check_batch(points, labels, boxes, masks)
-        if bsz == 0:
-            return []
-        _check_prompts(points, labels, boxes, bsz, _size(embedding.original_size))
-        return predict_tiled(self._decode, embedding, points, labels, boxes, masks, multimask)
+            preds = self._decode(embedding, points, labels, boxes, masks, multimask, upscale)
+        else:
+            points, labels, bsz = check_batch(points, labels, boxes, masks)
+            if bsz == 0:
+                return []
+            _check_prompts(points, labels, boxes, bsz, _size(embedding.original_size))
+            preds = predict_tiled(self._decode, embedding, points, labels, boxes, masks,
+                                  multimask)
+        if upscale and masks is None and preds and self.zooms:
+            from napari_sam.zoom import zoom_predictions
+
+            preds = zoom_predictions(
+                embedding, preds, points, labels, boxes, input_size=self.image_size,
+                decode=self._decode, embed_batch=self.embed_batch,
+                mask_prompt=self.mask_prompt, multimask=multimask,
+            )
+        return preds
 
     def _decode(
         self,

@@ -298,25 +298,10 @@ class TiledEmbedding:
         batch_size : most tiles per ``embed_parts`` call in :meth:`compute`
         metadata : model name, precision...; the tiling is added
         """
-        from napari_sam.normalize import (
-            check_contrast_limits,
-            default_range,
-            intensity_range,
-            to_rgb_float,
-            validate_slice,
-        )
+        from napari_sam.normalize import slice_mapping
 
-        image = validate_slice(image)
         # one intensity mapping for every tile, computed from the whole slice
-        limits: tuple[float, float] | None
-        if contrast_limits is not None:
-            limits = check_contrast_limits(contrast_limits)
-        else:
-            limits = default_range(image)
-        if limits is None and image.ndim == 2:
-            limits = intensity_range(image)
-        elif limits is None:  # several channels, each with its own percentiles
-            image, limits = to_rgb_float(image), (0.0, 255.0)
+        image, limits = slice_mapping(image, contrast_limits)
 
         def embed_fn(parts: list[np.ndarray]) -> list[Any]:
             return embed_parts(parts, contrast_limits=limits)

@@ -206,7 +206,10 @@ class SliceEmbedder:
         store = None if link is None else link.store_for(predictor, cl, self._model_key)
         if link is None or store is None:
             return compute()
-        return link.embedding(store, idx, image, predictor, compute, self._embed_lock)
+        emb = link.embedding(store, idx, image, predictor, compute, self._embed_lock)
+        # read back from the store: give it its slice, so small objects can be zoomed into
+        with_image = getattr(predictor, "with_image", None)
+        return emb if with_image is None else with_image(emb, image)
 
     def _embed(self, predictor: Any, image: np.ndarray, cl: Limits) -> Any:
         with self._embed_lock:  # one forward pass at a time
