@@ -409,3 +409,25 @@ def test_worker_messages_reach_the_main_thread(make_napari_viewer_proxy, qtbot, 
     qtbot.waitUntil(lambda: ann.preview is not None and not ann.busy, timeout=5000)
     warnings = [t for t, level in threads if level == "warning"]
     assert warnings == [threading.main_thread()]
+
+
+def test_an_embedding_read_back_from_the_store_keeps_its_slice(viewer, tmp_path):
+    """Zooming into small objects needs the slice: a stored embedding gets it back."""
+    from napari_sam.model.sam import build_sam
+    from napari_sam.predictor import Predictor
+    from napari_sam.training.loop import micro_config
+
+    torch.manual_seed(0)
+    model = build_sam(micro_config(img_size=64, embed_dim=32, widths=(8, 8, 16, 16)))
+    data = stack(shape=(3, 64, 64))
+    image = viewer.add_image(data, contrast_limits=(0, 1000))
+    path = tmp_path / "z.embeddings.zarr"
+    ann = Annotator(viewer, image, predictor=Predictor(model, precision="float32"), store=path,
+                    normalization="display")
+    assert ann.embedding((1,)).image is not None
+    ann.close(remove_layers=True)
+    ann2 = Annotator(viewer, image, predictor=Predictor(model, precision="float32"), store=path,
+                     normalization="display")
+    emb = ann2.embedding((1,))
+    assert emb.metadata["store"] == str(path)
+    np.testing.assert_array_equal(emb.image, data[1])
