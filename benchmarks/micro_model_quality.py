@@ -20,7 +20,8 @@ Measures, for the weights shipped in ``napari_sam/weights/`` (or ``--weights``):
   threads of this machine, and that it runs on ``skimage.data.cell()``.
 
 Run: ``python benchmarks/micro_model_quality.py [--json out.json] [--threads N] [--stress]``
-(``--propagation-only``: the two propagation sets alone).
+(``--propagation-only``: the two propagation sets alone; ``--zoom off``: without
+zooming into small objects, see :mod:`napari_sam.zoom`).
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ import time
 import numpy as np
 
 
-def load_predictor(weights: str | None):
+def load_predictor(weights: str | None, zoom: str = "auto"):
     from napari_sam.model.checkpoint import model_from_state_dict, read_state_dict
     from napari_sam.predictor import Predictor
 
     if not weights:  # by name, so the registry's recommended propagation options apply
-        return Predictor("micro", device="cpu", precision="float32")
+        return Predictor("micro", device="cpu", precision="float32", zoom=zoom)
     return Predictor(model_from_state_dict(read_state_dict(weights)), device="cpu",
-                     precision="float32")
+                     precision="float32", zoom=zoom)
 
 
 def embedding_time(predictor, size: int = 512, repeats: int = 7) -> dict:
@@ -280,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="normalization of conditions without their own window")
     p.add_argument("--stress-sets", nargs="*", default=None, help="sets of the sweep")
     p.add_argument("--stress-conditions", nargs="*", default=None, help="conditions (all)")
+    p.add_argument("--zoom", default="auto", choices=("auto", "off"),
+                   help="the Predictor's zoom into small objects (default: auto, as shipped)")
     args = p.parse_args(argv)
 
     import torch
@@ -288,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    predictor = load_predictor(args.weights)
-    results: dict = {"torch_threads": torch.get_num_threads()}
+    predictor = load_predictor(args.weights, args.zoom)
+    results: dict = {"torch_threads": torch.get_num_threads(), "zoom": args.zoom}
     print(f"torch threads: {results['torch_threads']}")
     if args.stress or args.stress_only:
         t0 = time.perf_counter()
