@@ -162,6 +162,24 @@ def test_with_image_gives_a_stored_embedding_its_slice(tiny_predictor):
     assert off.with_image(stored, image) is stored
 
 
+def test_with_image_lets_a_stored_tiled_embedding_zoom(tiny_predictor):
+    from napari_sam.tiling import TiledEmbedding
+
+    image = np.random.default_rng(2).integers(0, 4000, (128, 128)).astype(np.uint16)
+    emb = tiny_predictor.embed(image, contrast_limits=(0, 4000)).compute()
+    stored = TiledEmbedding.from_features(
+        emb.grid, [emb.tile(i) for i in range(emb.n_tiles)], emb.overview(),
+        emb.original_size, contrast_limits=(0, 4000),
+    )
+    got = tiny_predictor.with_image(stored, image)
+    assert got.image is not None and got.embed_fn is not None
+    crops = []
+    embed_fn = got.embed_fn
+    got.embed_fn = lambda parts: crops.extend(parts) or embed_fn(parts)
+    tiny_predictor.predict_batch(got, boxes=np.array([[70.0, 70.0, 75.0, 75.0]]))
+    assert [c.shape for c in crops] == [(32, 32)]  # only the crop: the tiles were stored
+
+
 @pytest.mark.numerics
 def test_zoom_improves_small_nuclei_with_the_bundled_model():
     """Real quality: nuclei 5-15 px across in a 256 px slice, tight boxes and centre clicks."""

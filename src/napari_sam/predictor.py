@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -206,9 +206,9 @@ class Predictor(BasePredictor):
     def with_image(self, embedding: Any, image: np.ndarray) -> Any:
         """``embedding`` holding its slice ``image`` (one read back from a store has none),
         so that small objects can be zoomed into; unchanged when this predictor does not zoom."""
-        if self.zooms and isinstance(embedding, Embedding) and embedding.image is None:
-            return replace(embedding, image=np.asarray(image))
-        return embedding
+        from napari_sam.zoom import with_image
+
+        return with_image(embedding, image, self.embed_batch) if self.zooms else embedding
 
     # ------------------------------------------------------------------ embed
     def preprocess(

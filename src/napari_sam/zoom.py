@@ -16,7 +16,8 @@ prediction when
 * its best predicted IoU is at least the whole-slice prediction's,
 
 the same rule as the tiling layer's choice between a tile and the overview
-(:mod:`napari_sam.tiling`). Measured in docs/bundled_model.md ("Zoom").
+(:mod:`napari_sam.tiling`). Measured in docs/bundled_model.md ("Zoom into
+small objects").
 
 Crops are normalized with the whole slice's intensity mapping
 (:func:`napari_sam.normalize.slice_mapping`), so a dim object is not
@@ -35,6 +36,7 @@ encoder as callables.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -216,6 +218,31 @@ def zoom_small(
                 logits = np.stack([frame_logits(m) for m in masks])
                 out[b] = Prediction(masks, zoomed.scores, logits)
     return out
+
+
+def with_image(embedding: Any, image: np.ndarray, embed_batch: Callable[..., list[Any]]) -> Any:
+    """``embedding`` with its slice, for embeddings read back from a store (they have none).
+
+    An :class:`~napari_sam.predictor.Embedding` gets ``image``; a
+    :class:`~napari_sam.tiling.TiledEmbedding` gets ``image`` mapped like its
+    parts (:func:`napari_sam.normalize.slice_mapping` with its contrast
+    limits) and an ``embed_fn`` from ``embed_batch(parts, contrast_limits=)``,
+    so it can also embed missing tiles. Anything else, or an embedding that
+    has its slice, is returned as it is.
+    """
+    from napari_sam.normalize import slice_mapping
+    from napari_sam.predictor import Embedding
+    from napari_sam.tiling import TiledEmbedding
+
+    if getattr(embedding, "image", None) is not None:
+        return embedding
+    if isinstance(embedding, Embedding):
+        return replace(embedding, image=np.asarray(image))
+    if isinstance(embedding, TiledEmbedding):
+        mapped, limits = slice_mapping(np.asarray(image), embedding.contrast_limits)
+        return replace(embedding, image=mapped,
+                       embed_fn=partial(embed_batch, contrast_limits=limits))
+    return embedding
 
 
 def per_object_prompts(
