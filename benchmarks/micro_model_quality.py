@@ -17,7 +17,9 @@ Measures, for the weights shipped in ``napari_sam/weights/`` (or ``--weights``):
 * propagation on small anisotropic stacks (slices of 64 px, nuclei of radius
   4-6 px, anisotropy 3);
 * embedding time of a 512x512 slice (median of several runs) with the torch
-  threads of this machine, and that it runs on ``skimage.data.cell()``.
+  threads of this machine, the cost of the zoom into small objects (clicks and
+  boxes on nuclei 5-15 px across, with and without), and that it runs on
+  ``skimage.data.cell()``.
 
 Run: ``python benchmarks/micro_model_quality.py [--json out.json] [--threads N] [--stress]``
 (``--propagation-only``: the two propagation sets alone; ``--zoom off``: without
@@ -75,6 +77,36 @@ def embedding_time(predictor, size: int = 512, repeats: int = 7) -> dict:
         "n_tiles": getattr(predictor.embed(image), "n_tiles", 1),
         "decode_one_prompt_s": decode,
     }
+
+
+def zoom_cost(predictor, repeats: int = 20) -> dict:
+    """Decoding time of small objects with and without the zoom, in one run (same machine).
+
+    A 256 px slice of nuclei 5-15 px across, its embedding ready: the median of
+    ``repeats`` single clicks, and all its tight boxes in one ``predict_batch`` call.
+    """
+    from napari_sam.synthetic import nuclei_2d
+    from napari_sam.training.validation import object_prompts
+
+    image, labels = nuclei_2d((256, 256), seed=4343, radius=(2.5, 7.5))
+    _, points, boxes = object_prompts(labels, 10)
+    emb = predictor.embed(image)
+    zoom, out = predictor.zoom, {"n_boxes": len(boxes)}
+    try:
+        for mode in ("off", "auto"):
+            predictor.zoom = mode
+            clicks = []
+            for pt in points[:repeats]:
+                t0 = time.perf_counter()
+                _ = predictor.predict(emb, points=pt[None], labels=[1]).best_mask
+                clicks.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            _ = [pred.best_mask for pred in predictor.predict_batch(emb, boxes=boxes)]
+            out[f"click_median_s_{mode}"] = float(np.median(clicks))
+            out[f"boxes_s_{mode}"] = time.perf_counter() - t0
+    finally:
+        predictor.zoom = zoom
+    return out
 
 
 def cell_image_runs(predictor) -> dict:
@@ -323,6 +355,13 @@ def main(argv: list[str] | None = None) -> int:
         f"512x512 slice: embed {timing['embed_median_s']:.3f} s (median, "
         f"{timing['n_tiles']} tiles), resized whole {timing['embed_untiled_median_s']:.3f} s, "
         f"decode one prompt {timing['decode_one_prompt_s'] * 1000:.1f} ms"
+    )
+    cost = results["zoom_cost"] = zoom_cost(predictor)
+    print(
+        f"small nuclei (256 px slice): one click {cost['click_median_s_off'] * 1000:.1f} ms "
+        f"without zoom, {cost['click_median_s_auto'] * 1000:.1f} ms with (median); "
+        f"{cost['n_boxes']} boxes in one call {cost['boxes_s_off']:.2f} s / "
+        f"{cost['boxes_s_auto']:.2f} s"
     )
     results["skimage_cell"] = cell_image_runs(predictor)
     print(f"skimage.data.cell(): {results['skimage_cell']}")
