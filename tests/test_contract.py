@@ -137,7 +137,8 @@ def test_no_module_but_the_contract_probes_predictors():
     src = Path(__file__).resolve().parents[1] / "src" / "napari_sam"
     probe = re.compile(
         r"(hasattr|getattr)\((self\.)?(predictor|pred|p|model)\b[^)]*\"(predict|predict_batch|"
-        r"embed|model_name|model|plan_tiles|upscale|fingerprint|precision|image_size|device)\""
+        r"embed|model_name|model|plan_tiles|upscale|fingerprint|precision|image_size|device|"
+        r"with_image|quick)\""
         r"|inspect\.signature"
     )
     found = []

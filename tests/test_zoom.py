@@ -180,6 +180,82 @@ def test_with_image_lets_a_stored_tiled_embedding_zoom(tiny_predictor):
     assert [c.shape for c in crops] == [(32, 32)]  # only the crop: the tiles were stored
 
 
+def test_quick_decoding_skips_the_zoom_in_its_thread_only(tiny_predictor, monkeypatch):
+    import threading
+
+    image = np.random.default_rng(3).integers(0, 4000, (64, 64)).astype(np.uint16)
+    emb = tiny_predictor.embed(image)
+    calls = []
+    embed_batch = tiny_predictor.embed_batch
+    monkeypatch.setattr(tiny_predictor, "embed_batch",
+                        lambda crops, **kw: calls.append(len(crops)) or embed_batch(crops, **kw))
+    box = np.array([[30.0, 30.0, 34.0, 34.0]])
+    other = []
+    with tiny_predictor.quick():
+        tiny_predictor.predict_batch(emb, boxes=box)
+        assert calls == []  # hover previews: the first decoding only
+        worker = threading.Thread(target=lambda: other.append(tiny_predictor.zooms))
+        worker.start()
+        worker.join()
+    assert other == [True]  # another thread (a worker) still zooms
+    assert tiny_predictor.zooms
+
+
+def test_crop_embeddings_are_reused_for_the_same_slice_embedding(tiny_predictor, monkeypatch):
+    from napari_sam.zoom import CropCache
+
+    monkeypatch.setattr(tiny_predictor, "_crops", CropCache(size=4))
+    image = np.random.default_rng(4).integers(0, 4000, (64, 64)).astype(np.uint16)
+    emb, emb2 = tiny_predictor.embed(image), tiny_predictor.embed(image)
+    calls = []
+    embed_batch = tiny_predictor.embed_batch
+    monkeypatch.setattr(tiny_predictor, "embed_batch",
+                        lambda crops, **kw: calls.append(len(crops)) or embed_batch(crops, **kw))
+    box = np.array([[30.0, 30.0, 34.0, 34.0]])
+    first = tiny_predictor.predict_batch(emb, boxes=box)[0]
+    again = tiny_predictor.predict_batch(emb, boxes=box)[0]  # a prompt edit re-decodes it
+    assert calls == [1]
+    np.testing.assert_array_equal(first.best_mask, again.best_mask)
+    tiny_predictor.predict_batch(emb2, boxes=box)  # another embedding: its own crops
+    assert calls == [1, 1]
+
+
+class _Owner:
+    """A stand-in slice embedding (weakly referenced by the cache)."""
+
+
+def test_crop_cache_never_serves_the_crops_of_an_embedding_that_is_gone():
+    import gc
+
+    from napari_sam.zoom import CropCache
+
+    cache, made = CropCache(size=8), []
+
+    def embed(crops):
+        made.extend(range(len(crops)))
+        return [object() for _ in crops]
+
+    crop = np.zeros((32, 32), np.uint16)
+    owner = _Owner()
+    first = cache.embed(owner, embed, [crop])
+    assert cache.embed(owner, embed, [crop]) == first and len(made) == 1
+    for _ in range(20):  # new owners, some at the address of the old one
+        del owner
+        gc.collect()
+        owner = _Owner()
+        assert cache.embed(owner, embed, [crop]) != first
+        first = cache.embed(owner, embed, [crop])
+    assert len(cache) <= 8
+
+
+def test_with_image_refuses_another_slice(tiny_predictor):
+    import dataclasses
+
+    image = np.zeros((64, 64), np.uint16)
+    stored = dataclasses.replace(tiny_predictor.embed(image), image=None)
+    assert tiny_predictor.with_image(stored, np.zeros((32, 64), np.uint16)) is stored
+
+
 @pytest.mark.numerics
 def test_zoom_improves_small_nuclei_with_the_bundled_model():
     """Real quality: nuclei 5-15 px across in a 256 px slice, tight boxes and centre clicks."""

@@ -426,8 +426,9 @@ class Annotator(BeyondClicks):
         """Preview the single-point mask under a world position (no prompts needed).
 
         Only when the slice has no prompts of its own and its embedding is
-        ready (decoder only); otherwise nothing happens (the embedding is
-        requested in the background when :attr:`background` is on).
+        ready (decoder only, no zoom into small objects); otherwise nothing
+        happens (the embedding is requested in the background when
+        :attr:`background` is on).
         """
         return self.segmenter.hover(world_position, self.background)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import numpy as np
@@ -363,6 +364,18 @@ class BasePredictor(abc.ABC):
         """
         return (int(low_shape[0]), int(low_shape[1]))
 
+    # ------------------------------------------------ slices, quick previews
+    def with_image(self, embedding: Any, image: np.ndarray) -> Any:
+        """``embedding`` (read back from a store) with its slice ``image``, for a
+        predictor that decodes from the slice too (zoom); the default returns it as is."""
+        return embedding
+
+    def quick(self) -> AbstractContextManager[None]:
+        """A context in which this thread's decoding skips optional second passes
+        (the zoom into small objects), for previews that must come at once
+        (hover); the default changes nothing."""
+        return nullcontext()
+
     # ----------------------------------------------------------- fast paths
     def point_decoder(self, embedding: Any) -> Any | None:
         """An exact decoder for many single-point prompts on ``embedding``, or None.
@@ -461,6 +474,14 @@ class _Lifted(BasePredictor):
         if self._plan is None:
             return None
         return self._plan(shape) if tiling is None else self._plan(shape, tiling)
+
+    def with_image(self, embedding: Any, image: np.ndarray) -> Any:
+        own = getattr(self.wrapped, "with_image", None)
+        return embedding if own is None else own(embedding, image)
+
+    def quick(self) -> AbstractContextManager[None]:
+        own = getattr(self.wrapped, "quick", None)
+        return nullcontext() if own is None else own()
 
     def embedding_geometry(
         self, slice_shape: tuple[int, ...]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from napari_sam.contract import BasePredictor, Prediction, PredictorProtocol
 from napari_sam.prompt_checks import check_batch, check_box, check_points
+from napari_sam.zoom import CropCache, Zooming
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -107,7 +109,7 @@ def _resolve_precision(precision: str, device: Any) -> Any:
     return None
 
 
-class Predictor(BasePredictor):
+class Predictor(Zooming, BasePredictor):
     """SAM on 2D microscopy slices: ``embed`` once per slice, ``predict`` per prompt.
 
     The :class:`~napari_sam.contract.BasePredictor` contract, implemented with
@@ -197,18 +199,8 @@ class Predictor(BasePredictor):
         self.tiling = _check_tiling(tiling)
         self.tile_overlap = tile_overlap
         self.zoom = _check_tiling(zoom, "zoom")
-
-    @property
-    def zooms(self) -> bool:
-        """Whether small objects are decoded again on zoomed crops (see ``zoom``)."""
-        return self.zoom == "auto" and self.image_size <= 512
-
-    def with_image(self, embedding: Any, image: np.ndarray) -> Any:
-        """``embedding`` holding its slice ``image`` (one read back from a store has none),
-        so that small objects can be zoomed into; unchanged when this predictor does not zoom."""
-        from napari_sam.zoom import with_image
-
-        return with_image(embedding, image, self.embed_batch) if self.zooms else embedding
+        self._thread = threading.local()  # quick(): per-thread
+        self._crops = CropCache()  # crop embeddings of the zoom, reused by later calls
 
     # ------------------------------------------------------------------ embed
     def preprocess(
@@ -316,7 +308,7 @@ class Predictor(BasePredictor):
                 input_size=resized,
                 contrast_limits=limits,
                 metadata={"model": self.model_name, "precision": self.precision},
-                image=images[k] if self.zooms else None,
+                image=images[k] if self._zoom_on else None,
             )
             for k, (_, original, resized) in enumerate(inputs)
         ]
@@ -396,7 +388,7 @@ class Predictor(BasePredictor):
             preds = zoom_predictions(
                 embedding, preds, points, labels, boxes, input_size=self.image_size,
                 decode=self._decode, embed_batch=self.embed_batch,
-                mask_prompt=self.mask_prompt, multimask=multimask,
+                mask_prompt=self.mask_prompt, multimask=multimask, cache=self._crops,
             )
         return preds
 

@@ -35,7 +35,12 @@ encoder as callables.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import hashlib
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -55,6 +60,44 @@ ZOOM_FACTOR = 2.0
 
 #: Most crops embedded in one encoder call.
 ZOOM_BATCH = 16
+
+
+class Zooming:
+    """The zoom's switches of :class:`~napari_sam.predictor.Predictor` (a mixin).
+
+    Needs ``zoom`` (``"auto"``/``"off"``), ``image_size``, ``_thread`` (a
+    ``threading.local``) and ``embed_batch``.
+    """
+
+    zoom: str
+    image_size: int
+    _thread: threading.local
+    embed_batch: Callable[..., list[Any]]
+
+    @property
+    def zooms(self) -> bool:
+        """Whether small objects are decoded again on zoomed crops (see ``zoom``) in
+        this thread (not inside :meth:`quick`)."""
+        return self._zoom_on and not getattr(self._thread, "quick", False)
+
+    @property
+    def _zoom_on(self) -> bool:
+        return self.zoom == "auto" and self.image_size <= 512
+
+    @contextlib.contextmanager
+    def quick(self) -> Iterator[None]:
+        """Decoding in this thread without the zoom (hover previews on the GUI thread)."""
+        before = getattr(self._thread, "quick", False)
+        self._thread.quick = True
+        try:
+            yield
+        finally:
+            self._thread.quick = before
+
+    def with_image(self, embedding: Any, image: np.ndarray) -> Any:
+        """``embedding`` holding its slice ``image`` (one read back from a store has none),
+        so that small objects can be zoomed into; unchanged when this predictor does not zoom."""
+        return with_image(embedding, image, self.embed_batch) if self._zoom_on else embedding
 
 
 def zoom_window(
@@ -102,6 +145,7 @@ def zoom_predictions(
     embed_batch: Callable[..., list[Any]],
     mask_prompt: Callable[[Any, np.ndarray], np.ndarray] | None = None,
     multimask: bool = True,
+    cache: CropCache | None = None,
 ) -> list[Prediction]:
     """:func:`zoom_small` on the predictions of a ``predict_batch`` call.
 
@@ -113,28 +157,34 @@ def zoom_predictions(
     prompts); ``embed_batch(crops, contrast_limits=)`` embeds crops;
     ``mask_prompt(embedding, mask)`` turns a slice-shaped mask into low-res
     logits of an ordinary embedding, so that zoomed predictions' ``logits``
-    are in its frame (a tiled embedding's stay in the crop's).
+    are in its frame (a tiled embedding's stay in the crop's); ``cache``
+    keeps crop embeddings for the next call on the same embedding. The
+    slice's intensity mapping is computed only when some object is small.
     """
     from napari_sam.normalize import slice_mapping
     from napari_sam.tiling import TiledEmbedding
 
-    embed_crops: Callable[[list[np.ndarray]], list[Any]] | None
+    tiled = isinstance(embedding, TiledEmbedding)
+    if getattr(embedding, "image", None) is None or (tiled and embedding.embed_fn is None):
+        return predictions
+    h, w = embedding.original_size
+    scale = 1.0 if tiled else max(embedding.input_size) / max(h, w)
+    prompts = per_object_prompts(points, labels, boxes, len(predictions))
+    jobs = plan_zoom(predictions, prompts, (int(h), int(w)), scale=scale, input_size=input_size)
+    if not jobs:
+        return predictions
+    embed_crops: Callable[[list[np.ndarray]], list[Any]]
     frame_logits = None
-    if isinstance(embedding, TiledEmbedding):
-        image, scale, embed_crops = embedding.image, 1.0, embedding.embed_fn
-    elif getattr(embedding, "image", None) is not None:
+    if tiled:
+        image, embed_crops = embedding.image, embedding.embed_fn
+    else:
         image, limits = slice_mapping(embedding.image, embedding.contrast_limits)
-        scale = embedding.input_size[0] / embedding.original_size[0]
         embed_crops = partial(embed_batch, contrast_limits=limits)
         frame_logits = None if mask_prompt is None else partial(mask_prompt, embedding)
-    else:
-        return predictions
-    if image is None or embed_crops is None:
-        return predictions
-    prompts = per_object_prompts(points, labels, boxes, len(predictions))
-    return zoom_small(predictions, prompts, image, scale=scale, input_size=input_size,
-                      decode=decode, embed_crops=embed_crops, multimask=multimask,
-                      frame_logits=frame_logits)
+    if cache is not None:
+        embed_crops = partial(cache.embed, embedding, embed_crops)
+    return run_zoom(predictions, jobs, image, decode=decode, embed_crops=embed_crops,
+                    multimask=multimask, frame_logits=frame_logits)
 
 
 def zoom_small(
@@ -178,6 +228,23 @@ def zoom_small(
         pasted into the slice (on access when ``frame_logits`` is None).
     """
     shape = (int(image.shape[0]), int(image.shape[1]))
+    jobs = plan_zoom(predictions, prompts, shape, scale=scale, input_size=input_size,
+                     below=below, factor=factor)
+    return run_zoom(predictions, jobs, image, decode=decode, embed_crops=embed_crops,
+                    multimask=multimask, frame_logits=frame_logits)
+
+
+def plan_zoom(
+    predictions: list[Prediction],
+    prompts: Sequence[tuple[Any, Any, Any]],
+    shape: tuple[int, int],
+    *,
+    scale: float,
+    input_size: int,
+    below: float = ZOOM_BELOW,
+    factor: float = ZOOM_FACTOR,
+) -> list[tuple[int, tuple[int, int, int, int], tuple]]:
+    """The zoom jobs of :func:`zoom_small`: ``(object, crop window, prompts in the crop)``."""
     side = max(16, round(input_size / (scale * factor)))
     jobs = []
     for b, (pred, (pts, lab, box)) in enumerate(zip(predictions, prompts)):
@@ -193,6 +260,21 @@ def zoom_small(
         shifted = _shift_prompts(window, pts, lab, box, None)
         if shifted is not None:
             jobs.append((b, window, shifted))
+    return jobs
+
+
+def run_zoom(
+    predictions: list[Prediction],
+    jobs: list[tuple[int, tuple[int, int, int, int], tuple]],
+    image: np.ndarray,
+    *,
+    decode: Callable[..., list[Prediction]],
+    embed_crops: Callable[[list[np.ndarray]], list[Any]],
+    multimask: bool = True,
+    frame_logits: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> list[Prediction]:
+    """Carry out the jobs of :func:`plan_zoom` (see :func:`zoom_small`)."""
+    shape = (int(image.shape[0]), int(image.shape[1]))
     out = list(predictions)
     for start in range(0, len(jobs), ZOOM_BATCH):
         chunk = jobs[start : start + ZOOM_BATCH]
@@ -220,6 +302,51 @@ def zoom_small(
     return out
 
 
+class CropCache:
+    """Embeddings of zoomed crops, by slice embedding and crop (least recently used first out).
+
+    Re-decoding the objects of a slice (every prompt edit decodes them all)
+    then embeds only the crops of new or changed objects. Holds the slice
+    embeddings weakly: an entry dies with its embedding's last reference.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[int, bytes], tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def embed(self, owner: Any, embed_crops: Callable[[list[np.ndarray]], list[Any]],
+              crops: list[np.ndarray]) -> list[Any]:
+        """``embed_crops(crops)``, taking the crops of ``owner`` embedded before from here."""
+        keys = [(id(owner), _crop_key(c)) for c in crops]
+        found: list[Any] = [None] * len(crops)
+        with self._lock:
+            for i, key in enumerate(keys):
+                item = self._items.get(key)
+                if item is not None and item[0]() is owner:
+                    self._items.move_to_end(key)
+                    found[i] = item[1]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            for i, emb in zip(missing, embed_crops([crops[i] for i in missing])):
+                found[i] = emb
+            with self._lock:
+                for i in missing:
+                    self._items[keys[i]] = (weakref.ref(owner), found[i])
+                    self._items.move_to_end(keys[i])
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        return found
+
+
+def _crop_key(crop: np.ndarray) -> bytes:
+    """A crop's identity: its place in the slice is not known here, its pixels are."""
+    return hashlib.blake2b(np.ascontiguousarray(crop).tobytes(), digest_size=16).digest()
+
+
 def with_image(embedding: Any, image: np.ndarray, embed_batch: Callable[..., list[Any]]) -> Any:
     """``embedding`` with its slice, for embeddings read back from a store (they have none).
 
@@ -227,14 +354,19 @@ def with_image(embedding: Any, image: np.ndarray, embed_batch: Callable[..., lis
     :class:`~napari_sam.tiling.TiledEmbedding` gets ``image`` mapped like its
     parts (:func:`napari_sam.normalize.slice_mapping` with its contrast
     limits) and an ``embed_fn`` from ``embed_batch(parts, contrast_limits=)``,
-    so it can also embed missing tiles. Anything else, or an embedding that
-    has its slice, is returned as it is.
+    so it can also embed missing tiles. Anything else, an embedding that has
+    its slice, or an ``image`` of another shape than the embedding's slice is
+    returned as it is.
     """
     from napari_sam.normalize import slice_mapping
     from napari_sam.predictor import Embedding
     from napari_sam.tiling import TiledEmbedding
 
-    if getattr(embedding, "image", None) is not None:
+    image = np.asarray(image)
+    size = getattr(embedding, "original_size", None)
+    if getattr(embedding, "image", None) is not None or size is None:
+        return embedding
+    if tuple(image.shape[:2]) != tuple(size):  # not this embedding's slice
         return embedding
     if isinstance(embedding, Embedding):
         return replace(embedding, image=np.asarray(image))

@@ -1,4 +1,4 @@
-"""Throttled hover preview: the single-point mask under the mouse, decoder only."""
+"""Throttled hover preview: the single-point mask under the mouse, decoder only (no zoom)."""
 
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ from napari_sam.annotation.scheduler import EmbeddingScheduler, EmbedRequest
 from napari_sam.annotation.slicing import ImageGeometry, neighbour_indices
 from napari_sam.annotation.store_link import StoreLink
 from napari_sam.cache import EmbeddingCache
+from napari_sam.contract import as_predictor
 
 __all__ = ["SliceEmbedder"]
 
@@ -208,8 +209,8 @@ class SliceEmbedder:
             return compute()
         emb = link.embedding(store, idx, image, predictor, compute, self._embed_lock)
         # read back from the store: give it its slice, so small objects can be zoomed into
-        with_image = getattr(predictor, "with_image", None)
-        return emb if with_image is None else with_image(emb, image)
+        return as_predictor(predictor, need_embed=False, need_predict=False).with_image(
+            emb, image)
 
     def _embed(self, predictor: Any, image: np.ndarray, cl: Limits) -> Any:
         with self._embed_lock:  # one forward pass at a time

@@ -36,6 +36,7 @@ How prompts become objects
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -352,7 +353,8 @@ def collect_slice_prompts(
 
 
 def decode_objects(
-    predictor: Any, embedding: Any, objects: Sequence[ObjectPrompt], *, multimask: bool
+    predictor: Any, embedding: Any, objects: Sequence[ObjectPrompt], *, multimask: bool,
+    quick: bool = False,
 ) -> list[Prediction]:
     """Decode every object against one slice embedding; one prediction per object.
 
@@ -362,6 +364,9 @@ def decode_objects(
     predictor with only ``predict`` is lifted by
     :func:`~napari_sam.contract.as_predictor` and called per object). An object
     with a ``decode(predictor, embedding)`` method (a scribble) decodes itself.
+
+    ``quick`` decodes without optional second passes (the zoom into small
+    objects, :meth:`~napari_sam.contract.BasePredictor.quick`): hover previews.
 
     Returns
     -------
@@ -376,8 +381,9 @@ def decode_objects(
             plain.append(i)
     if plain:
         lifted = as_predictor(predictor, need_embed=False)
-        preds = lifted.predict_objects(embedding, [objects[i] for i in plain],
-                                       multimask=multimask)
+        with lifted.quick() if quick else nullcontext():
+            preds = lifted.predict_objects(embedding, [objects[i] for i in plain],
+                                           multimask=multimask)
         for i, pred in zip(plain, preds):
             results[i] = pred
     return results

@@ -118,7 +118,7 @@ class Segmenter:
         idx = prompts.slice_index
         try:
             predictions = decode_objects(self.embedder.load_predictor(), emb, prompts.objects,
-                                         multimask=len(prompts.objects) == 1)
+                                         multimask=len(prompts.objects) == 1, quick=hover)
         except (ValueError, TypeError) as err:
             self._say("error", f"segmentation failed: {err}")
             return []
