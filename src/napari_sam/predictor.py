@@ -308,7 +308,7 @@ class Predictor(Zooming, BasePredictor):
                 input_size=resized,
                 contrast_limits=limits,
                 metadata={"model": self.model_name, "precision": self.precision},
-                image=images[k] if self._zoom_on else None,
+                image=np.asarray(images[k]) if self._zoom_on else None,
             )
             for k, (_, original, resized) in enumerate(inputs)
         ]
