@@ -55,6 +55,28 @@ def prompt_extent(
     return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
 
+def per_object_prompts(
+    points: Any, labels: Any, boxes: Any, n: int
+) -> list[tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]]:
+    """``predict_batch``'s prompt lists (checked) -> one ``(points, labels, box)`` per object.
+
+    ``points`` ``(n, N, 2)`` or None, ``labels`` ``(n, N)`` or None (all
+    positive), ``boxes`` ``(n, 4)`` or None; float64 ``(N, 2)`` points, int64
+    ``(N,)`` labels, float64 ``(4,)`` boxes.
+    """
+    out = []
+    for b in range(n):
+        pts = lab = box = None
+        if points is not None:
+            pts = np.asarray(points[b], np.float64).reshape(-1, 2)
+            lab = (np.ones(len(pts), np.int64) if labels is None
+                   else np.asarray(labels[b], np.int64).ravel())
+        if boxes is not None:
+            box = np.asarray(boxes[b], np.float64).ravel()
+        out.append((pts, lab, box))
+    return out
+
+
 def _shift_prompts(
     window: tuple[int, int, int, int],
     points: np.ndarray | None,
@@ -182,13 +204,10 @@ def predict_tiled(
     h, w = embedding.original_size
     shape = (int(h), int(w))
     grid = embedding.grid
-    prompts = []
-    for b in range(bsz):
-        pts = None if points is None else np.asarray(points[b], dtype=np.float64).reshape(-1, 2)
-        lab = None if labels is None or points is None else np.asarray(labels[b]).ravel()
-        box = None if boxes is None else np.asarray(boxes[b], dtype=np.float64).ravel()
-        mask = None if masks is None else _check_mask_prompt(embedding, masks[b])
-        prompts.append((pts, lab, box, mask))
+    prompts = [
+        (pts, lab, box, None if masks is None else _check_mask_prompt(embedding, masks[b]))
+        for b, (pts, lab, box) in enumerate(per_object_prompts(points, labels, boxes, bsz))
+    ]
 
     tile_jobs: dict = {}
     for b, (pts, lab, box, mask) in enumerate(prompts):

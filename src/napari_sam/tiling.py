@@ -146,13 +146,22 @@ class TileGrid:
 
     def touches_inner_edge(self, index: int, mask: np.ndarray) -> bool:
         """Whether a tile-shaped bool ``mask`` has pixels on an inner edge of tile ``index``."""
-        top, left, bottom, right = self.inner_edges(index)
-        return bool(
-            (top and mask[0].any())
-            or (bottom and mask[-1].any())
-            or (left and mask[:, 0].any())
-            or (right and mask[:, -1].any())
-        )
+        return touches_inner_edge(self.window(index), self.shape, mask)
+
+
+def touches_inner_edge(
+    window: tuple[int, int, int, int], shape: Sequence[int], mask: np.ndarray
+) -> bool:
+    """Whether a window-shaped bool ``mask`` has pixels on an edge of ``window``
+    (``(row_min, col_min, row_max, col_max)``, max exclusive) that lies inside a
+    ``shape`` slice: the object may go on beyond the window there."""
+    r0, c0, r1, c1 = window
+    return bool(
+        (r0 > 0 and mask[0].any())
+        or (r1 < shape[0] and mask[-1].any())
+        or (c0 > 0 and mask[:, 0].any())
+        or (c1 < shape[1] and mask[:, -1].any())
+    )
 
 
 def plan_tiles(
@@ -415,4 +424,5 @@ __all__ = [
     "predict_tiled",
     "prompt_extent",
     "tile_starts",
+    "touches_inner_edge",
 ]

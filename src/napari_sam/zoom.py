@@ -48,7 +48,13 @@ from typing import Any
 import numpy as np
 
 from napari_sam.contract import Prediction
-from napari_sam.tiled_predict import _paster, _shift_prompts, prompt_extent
+from napari_sam.tiled_predict import (
+    _paster,
+    _shift_prompts,
+    per_object_prompts,
+    prompt_extent,
+)
+from napari_sam.tiling import touches_inner_edge
 
 #: Objects smaller than this many pixels of the model's input (the longest side
 #: of their box, else of their positive clicks and best mask together) are
@@ -120,17 +126,6 @@ def zoom_window(
         window.append(max(0, min(start, length - n)))
     r0, c0 = window
     return r0, c0, min(r0 + side, h), min(c0 + side, w)
-
-
-def _touches_inner_edge(window: tuple[int, int, int, int], shape: tuple[int, int],
-                        mask: np.ndarray) -> bool:
-    r0, c0, r1, c1 = window
-    return bool(
-        (r0 > 0 and mask[0].any())
-        or (c0 > 0 and mask[:, 0].any())
-        or (r1 < shape[0] and mask[-1].any())
-        or (c1 < shape[1] and mask[:, -1].any())
-    )
 
 
 def zoom_predictions(
@@ -288,7 +283,7 @@ def run_zoom(
                 multimask=multimask,
             )[0]
             best = zoomed.best_mask
-            if not best.any() or _touches_inner_edge(window, shape, best):
+            if not best.any() or touches_inner_edge(window, shape, best):
                 continue
             if float(np.max(zoomed.scores)) < float(np.max(out[b].scores)):
                 continue
@@ -369,34 +364,12 @@ def with_image(embedding: Any, image: np.ndarray, embed_batch: Callable[..., lis
     if tuple(image.shape[:2]) != tuple(size):  # not this embedding's slice
         return embedding
     if isinstance(embedding, Embedding):
-        return replace(embedding, image=np.asarray(image))
+        return replace(embedding, image=image)
     if isinstance(embedding, TiledEmbedding):
-        mapped, limits = slice_mapping(np.asarray(image), embedding.contrast_limits)
+        mapped, limits = slice_mapping(image, embedding.contrast_limits)
         return replace(embedding, image=mapped,
                        embed_fn=partial(embed_batch, contrast_limits=limits))
     return embedding
-
-
-def per_object_prompts(
-    points: Any, labels: Any, boxes: Any, n: int
-) -> list[tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]]:
-    """``predict_batch``'s prompt lists (checked) -> one ``(points, labels, box)`` per object.
-
-    ``points`` ``(n, N, 2)`` or None, ``labels`` ``(n, N)`` or None (all
-    positive), ``boxes`` ``(n, 4)`` or None; float64 ``(N, 2)`` points, int64
-    ``(N,)`` labels, float64 ``(4,)`` boxes.
-    """
-    out = []
-    for b in range(n):
-        pts = lab = box = None
-        if points is not None:
-            pts = np.asarray(points[b], np.float64).reshape(-1, 2)
-            lab = (np.ones(len(pts), np.int64) if labels is None
-                   else np.asarray(labels[b], np.int64).ravel())
-        if boxes is not None:
-            box = np.asarray(boxes[b], np.float64).ravel()
-        out.append((pts, lab, box))
-    return out
 
 
 def _object_extent(
